@@ -1,0 +1,70 @@
+"""Config keys of SSB-ResNet: ``add_ssb_config(cfg)`` adds the ``MODEL.SSB`` node.
+
+Every other backbone setting is read from Detectron2's own ``MODEL.RESNETS`` node (DEPTH,
+NORM, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, STRIDE_IN_1X1, NUM_GROUPS, WIDTH_PER_GROUP,
+RES5_DILATION, OUT_FEATURES) and ``MODEL.BACKBONE.FREEZE_AT``, with the same meaning.
+Keys marked *(choice)* are this project's reading of the paper; see README "Design".
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_ssb_config", "HOSTS"]
+
+HOSTS = ("resnet", "resnet-rs")
+
+
+def add_ssb_config(cfg):
+    """Add the ``MODEL.SSB`` node (and the classification-pretraining node) to ``cfg``.
+
+    Idempotent: calling it twice leaves the config as after the first call.
+
+    Args:
+        cfg (CfgNode): a Detectron2 config, usually ``detectron2.config.get_cfg()``.
+
+    Returns:
+        CfgNode: ``cfg`` itself, for chaining.
+    """
+    if "SSB" in cfg.MODEL:
+        return cfg
+    _C = cfg
+    _C.MODEL.SSB = CN()
+    # Use SSB blocks. False builds the plain host with the same builder, so a baseline
+    # config differs from its SSB twin in this one key (and in nothing else).
+    _C.MODEL.SSB.ENABLED = True
+    # Host network: "resnet" (Detectron2's ResNet: 7x7 stem + max-pool, strided 1x1
+    # shortcut) or "resnet-rs" (deep 3x3 stem with a stride-2 conv instead of the max-pool,
+    # ResNet-D avg-pool shortcut, squeeze-excitation). ResNet-RS strides the 3x3 conv, so
+    # it requires MODEL.RESNETS.STRIDE_IN_1X1 = False.
+    _C.MODEL.SSB.HOST = "resnet"
+    # Sampling ratio r per stage res2..res5: each stride-1 block of a stage with r < 1 runs
+    # its 3x3 on a round(r*H) x round(r*W) map. r = 1 keeps ordinary blocks. *(choice)*
+    _C.MODEL.SSB.RATIOS = [0.5, 0.5, 0.5, 1.0]
+    # Side G of the pooled saliency grid the sampling map is computed on. *(choice; Recasens
+    # et al. use 31)*
+    _C.MODEL.SSB.GRID_SIZE = 31
+    # Replicate padding P of the saliency grid, in cells; the Gaussian kernel spans 2P+1
+    # cells. *(choice; Recasens: 30)*
+    _C.MODEL.SSB.GRID_PADDING = 30
+    # Standard deviation of the Gaussian kernel, in grid cells. *(choice; Recasens: FWHM of
+    # 13 cells, i.e. sigma = 13 / 2.355 ~ 5.5)*
+    _C.MODEL.SSB.KERNEL_SIGMA = 5.5
+    # Separable map (row/column marginals; exact inverse) or a 2-D map (grid_sample; the
+    # inverse approximated by fixed-point iterations). *(choice)*
+    _C.MODEL.SSB.SEPARABLE = True
+    # Fixed-point iterations of the inverse of a non-separable map (unused when separable).
+    _C.MODEL.SSB.INVERSE_ITERS = 4
+    # Hold the saliency constant: uniform sampling, the paper's ablation baseline. The
+    # saliency convs are then not created.
+    _C.MODEL.SSB.UNIFORM = False
+    # Where the inverse sampling sits: "after_conv3" (conv3 runs on the small map, the
+    # inverse restores 4f channels) or "before_conv3" (the inverse restores the f-channel 3x3
+    # output, conv3 runs at full size). *(choice; default picked by benchmark)*
+    _C.MODEL.SSB.INVERSE_POSITION = "after_conv3"
+    # Squeeze-excitation ratio of the "resnet-rs" host (hidden = ratio * block output
+    # channels); 0 disables. The plain "resnet" host has no SE and ignores it.
+    _C.MODEL.SSB.SE_RATIO = 0.25
+    # Width of the first two convs of the "resnet-rs" deep stem.
+    _C.MODEL.SSB.STEM_WIDTH = 32
+    # Stochastic depth: drop probability of the last block's residual branch, growing
+    # linearly from 0 over the blocks. ResNet-RS uses 0.1 at depth >= 200; 0 disables.
+    _C.MODEL.SSB.DROP_PATH_RATE = 0.0
+    return cfg

@@ -1,0 +1,407 @@
+"""Saliency-guided spatial sampling and its inverse (the core of an SSB block).
+
+Coordinates. Every map here is expressed in *normalised image coordinates*: ``t`` in
+``[0, 1]`` spans the whole extent of an axis, and pixel ``i`` of an axis of ``n`` pixels
+has its centre at ``(i + 0.5) / n`` (PyTorch's ``align_corners=False`` convention). A
+sampling map ``phi: [0, 1] -> [0, 1]`` says where in the input the output position ``t``
+reads. The identity map reproduces ``F.interpolate(mode="bilinear", align_corners=False)``
+exactly, which is what makes "uniform sampling" an honest ablation of the same code.
+
+Separable grid (default). The 2-D saliency is reduced to its row and column marginals and
+the 1-D Recasens formula (Recasens et al., "Learning to Zoom", 2018) is evaluated on each.
+``phi`` is stored as ``G + 1`` knots at ``t = k / G`` and is piecewise linear between
+them, strictly increasing, with ``phi(0) = 0`` and ``phi(1) = 1``; so sampling is two 1-D
+interpolations and the inverse is exact (invert the piecewise-linear map with
+``searchsorted``).
+
+Non-separable grid (option). The 2-D Recasens formula gives ``(u, v)`` knots on a
+``(G + 1) x (G + 1)`` lattice; sampling uses ``grid_sample``; the inverse is approximate
+(a few fixed-point iterations ``s <- s + (t - phi(s))``).
+
+The grid is always computed in float32 (float64 for float64 input), whatever the features' dtype, so reduced precision
+and extreme saliency logits cannot make it leave the image or turn non-finite.
+"""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SaliencySampler",
+    "SeparableGrid",
+    "NonSeparableGrid",
+    "sampled_size",
+    "recasens_knots_1d",
+    "recasens_knots_2d",
+    "identity_knots",
+    "interp_knots",
+    "invert_knots",
+    "linear_resample",
+]
+
+# Share of a uniform distribution mixed into the saliency marginals. It keeps every
+# Recasens denominator strictly positive (softmax of logits like +-1e4 underflows to exact
+# zeros) and so keeps phi strictly increasing and its inverse finite. A uniform saliency is
+# unchanged by the mix, so the identity property is exact.
+SALIENCY_FLOOR = 1e-3
+
+
+def sampled_size(size: int, ratio: float) -> int:
+    """Length of a sampled axis: ``round(ratio * size)`` (half up), at least 1."""
+    return max(1, int(math.floor(ratio * size + 0.5)))
+
+
+def _grid_dtype(t: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half/bfloat16 -> float32; float64 stays, for gradcheck)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _pixel_centres(n: int, device, dtype=torch.float32) -> torch.Tensor:
+    return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
+
+
+def _gaussian_kernel(padding: int, sigma: float, device, dtype) -> torch.Tensor:
+    d = torch.arange(-padding, padding + 1, device=device, dtype=dtype)
+    return torch.exp(-0.5 * (d / sigma) ** 2)
+
+
+def _centres_to_corners(u: torch.Tensor, dim: int) -> torch.Tensor:
+    """Linear inter/extrapolation of values at cell centres ``(k+.5)/G`` to corners ``k/G``.
+
+    Exact for a linear map, so an identity grid stays the identity.
+    """
+    g = u.shape[dim]
+    if g == 1:
+        first = u - 0.5  # a single cell: its corners lie half a cell either side
+        return torch.cat([first, first + 1.0], dim=dim)
+    head = u.narrow(dim, 0, 1) * 1.5 - u.narrow(dim, 1, 1) * 0.5
+    tail = u.narrow(dim, g - 1, 1) * 1.5 - u.narrow(dim, g - 2, 1) * 0.5
+    mid = (u.narrow(dim, 0, g - 1) + u.narrow(dim, 1, g - 1)) * 0.5
+    return torch.cat([head, mid, tail], dim=dim)
+
+
+def identity_knots(batch: int, grid_size: int, device=None) -> torch.Tensor:
+    """Knots of the identity map: ``(batch, grid_size + 1)`` values ``k / grid_size``."""
+    k = torch.arange(grid_size + 1, device=device, dtype=torch.float32) / grid_size
+    return k.expand(batch, grid_size + 1).contiguous()
+
+
+def _floor_marginal(m: torch.Tensor) -> torch.Tensor:
+    return m * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / m.shape[-1]
+
+
+def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> torch.Tensor:
+    """1-D Recasens sampling map from a saliency marginal.
+
+    Args:
+        marginal (Tensor): ``(N, G)`` non-negative saliency per cell, summing to 1.
+        padding (int): replicate padding ``P`` in cells; the kernel spans ``2P + 1`` cells.
+        sigma (float): standard deviation of the Gaussian kernel, in cells.
+
+    Returns:
+        Tensor: ``(N, G + 1)`` float32 knots of ``phi`` at ``t = k / G``: strictly
+        increasing, from exactly 0 to exactly 1. A constant marginal gives the identity.
+    """
+    m = _floor_marginal(_grid_dtype(marginal))
+    n, g = m.shape
+    p = int(padding)
+    # Cell centres of the padded saliency, continuing linearly beyond the image.
+    x = (torch.arange(g + 2 * p, device=m.device, dtype=m.dtype) - p + 0.5) / g
+    m_pad = F.pad(m[:, None, :], (p, p), mode="replicate") if p > 0 else m[:, None, :]
+    k = _gaussian_kernel(p, sigma, m.device, m.dtype)[None, None, :]
+    num = F.conv1d(m_pad * x, k)[:, 0]
+    den = F.conv1d(m_pad, k)[:, 0]
+    u = num / den  # phi at the cell centres, (N, G)
+    c = _centres_to_corners(u, dim=1)
+    # Pin the ends: an affine rescale keeps the map strictly increasing and inside the image
+    # (Recasens clamps instead, which makes flat, non-invertible stretches at the borders).
+    c0, c1 = c[:, :1], c[:, -1:]
+    return (c - c0) / (c1 - c0)
+
+
+def recasens_knots_2d(saliency: torch.Tensor, padding: int, sigma: float) -> torch.Tensor:
+    """2-D Recasens sampling map (the non-separable option).
+
+    Args:
+        saliency (Tensor): ``(N, G, G)`` non-negative, summing to 1 per image.
+        padding (int): replicate padding in cells.
+        sigma (float): Gaussian kernel standard deviation in cells.
+
+    Returns:
+        Tensor: ``(N, 2, G + 1, G + 1)`` knots ``(u, v)`` (x then y) at corners ``(k/G, l/G)``,
+        clamped to ``[0, 1]``. A constant saliency gives the identity.
+    """
+    s = _grid_dtype(saliency)
+    n, gh, gw = s.shape
+    s = s * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / (gh * gw)
+    p = int(padding)
+    xs = (torch.arange(gw + 2 * p, device=s.device, dtype=s.dtype) - p + 0.5) / gw
+    ys = (torch.arange(gh + 2 * p, device=s.device, dtype=s.dtype) - p + 0.5) / gh
+    s_pad = F.pad(s[:, None], (p, p, p, p), mode="replicate") if p > 0 else s[:, None]
+    k = _gaussian_kernel(p, sigma, s.device, s.dtype)
+    kx, ky = k[None, None, None, :], k[None, None, :, None]
+
+    def smooth(t):
+        return F.conv2d(F.conv2d(t, kx), ky)
+
+    den = smooth(s_pad)
+    u = smooth(s_pad * xs[None, None, None, :]) / den
+    v = smooth(s_pad * ys[None, None, :, None]) / den
+    uv = torch.cat([u, v], dim=1)  # (N, 2, G, G) at centres
+    uv = _centres_to_corners(_centres_to_corners(uv, dim=2), dim=3)
+    return uv.clamp(0.0, 1.0)
+
+
+def interp_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Evaluate the piecewise-linear map with knots at ``k / K`` at positions ``t``.
+
+    Args:
+        knots (Tensor): ``(N, K + 1)``.
+        t (Tensor): ``(L,)`` positions in ``[0, 1]`` shared by the batch, or ``(N, L)``.
+
+    Returns:
+        Tensor: ``(N, L)``, in the dtype of ``knots``.
+    """
+    n, k1 = knots.shape
+    kk = k1 - 1
+    pos = t.to(knots.dtype).expand(n, t.shape[-1]) * kk
+    idx = pos.floor().clamp(0, kk - 1).long()
+    frac = pos - idx
+    lo = knots.gather(1, idx)
+    hi = knots.gather(1, idx + 1)
+    return lo + (hi - lo) * frac
+
+
+def invert_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of :func:`interp_knots` for strictly increasing knots.
+
+    Returns ``s`` with ``interp_knots(knots, s) == t``: ``(N, L)``.
+    """
+    n, k1 = knots.shape
+    kk = k1 - 1
+    tq = t.to(knots.dtype).expand(n, t.shape[-1]).contiguous()
+    idx = torch.searchsorted(knots.contiguous(), tq, right=True) - 1
+    idx = idx.clamp(0, kk - 1)
+    lo = knots.gather(1, idx)
+    hi = knots.gather(1, idx + 1)
+    frac = ((tq - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return (idx.to(knots.dtype) + frac) / kk
+
+
+def linear_resample(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """1-D linear interpolation of ``x`` along ``dim`` (2 or 3) at per-image positions.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``.
+        pos (Tensor): ``(N, L)`` pixel coordinates (pixel ``i`` at ``i``), clamped to the axis
+            like ``F.interpolate`` does.
+        dim (int): 2 resamples rows (H -> L), 3 resamples columns (W -> L).
+
+    Returns:
+        Tensor: ``x`` with axis ``dim`` of length ``L``.
+    """
+    n, c = x.shape[:2]
+    size = x.shape[dim]
+    pos = pos.clamp(0, size - 1)
+    i0 = pos.floor().clamp(max=max(size - 2, 0)).long()
+    i1 = (i0 + 1).clamp(max=size - 1)
+    w = (pos - i0).to(x.dtype)
+    length = pos.shape[1]
+    if dim == 2:
+        shape, wshape = (n, c, length, x.shape[3]), (n, 1, length, 1)
+        i0, i1 = i0[:, None, :, None], i1[:, None, :, None]
+    else:
+        shape, wshape = (n, c, x.shape[2], length), (n, 1, 1, length)
+        i0, i1 = i0[:, None, None, :], i1[:, None, None, :]
+    x0 = x.gather(dim, i0.expand(shape))
+    x1 = x.gather(dim, i1.expand(shape))
+    return torch.lerp(x0, x1, w.view(wshape))
+
+
+class SeparableGrid:
+    """A separable sampling map ``(phi_y, phi_x)`` between a full and a sampled size.
+
+    Args:
+        knots_y (Tensor): ``(N, G + 1)`` strictly increasing knots of the row map.
+        knots_x (Tensor): ``(N, G + 1)`` knots of the column map.
+        in_size (tuple[int, int]): full size ``(H, W)``.
+        out_size (tuple[int, int]): sampled size ``(h, w)``.
+    """
+
+    def __init__(self, knots_y, knots_x, in_size: Tuple[int, int], out_size: Tuple[int, int]):
+        self.knots_y, self.knots_x = knots_y, knots_x
+        self.in_size, self.out_size = tuple(in_size), tuple(out_size)
+        self._fwd = None
+        self._inv = None
+
+    def _knots64(self):
+        # Positions are (N, h)-sized vectors: float64 costs nothing here and makes an
+        # identity grid reproduce F.interpolate to float32 rounding.
+        if self.knots_y.device.type == "mps":  # MPS has no float64
+            return self.knots_y, self.knots_x
+        return self.knots_y.double(), self.knots_x.double()
+
+    def sampling_positions(self):
+        """Input pixel coordinates read by each sampled row and column: ``(N,h)``, ``(N,w)``."""
+        if self._fwd is None:
+            (H, W), (h, w) = self.in_size, self.out_size
+            ky, kx = self._knots64()
+            ys = interp_knots(ky, _pixel_centres(h, ky.device, ky.dtype)) * H - 0.5
+            xs = interp_knots(kx, _pixel_centres(w, kx.device, kx.dtype)) * W - 0.5
+            self._fwd = (ys, xs)
+        return self._fwd
+
+    def inverse_positions(self):
+        """Sampled-map pixel coordinates read by each full-size row and column."""
+        if self._inv is None:
+            (H, W), (h, w) = self.in_size, self.out_size
+            ky, kx = self._knots64()
+            ys = invert_knots(ky, _pixel_centres(H, ky.device, ky.dtype)) * h - 0.5
+            xs = invert_knots(kx, _pixel_centres(W, kx.device, kx.dtype)) * w - 0.5
+            self._inv = (ys, xs)
+        return self._inv
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, h, w)``."""
+        ys, xs = self.sampling_positions()
+        return linear_resample(linear_resample(x, ys, 2), xs, 3)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``(N, C, h, w) -> (N, C, H, W)``: puts sampled values back where they came from."""
+        ys, xs = self.inverse_positions()
+        return linear_resample(linear_resample(y, xs, 3), ys, 2)
+
+
+class NonSeparableGrid:
+    """A 2-D sampling map; forward with ``grid_sample``, approximate inverse by iteration.
+
+    Args:
+        knots (Tensor): ``(N, 2, G + 1, G + 1)`` ``(u, v)`` at lattice corners.
+        in_size (tuple[int, int]): full size ``(H, W)``.
+        out_size (tuple[int, int]): sampled size ``(h, w)``.
+        inverse_iters (int): fixed-point iterations of the inverse.
+    """
+
+    def __init__(self, knots, in_size, out_size, inverse_iters: int = 4):
+        self.knots = knots
+        self.in_size, self.out_size = tuple(in_size), tuple(out_size)
+        self.inverse_iters = inverse_iters
+
+    def _phi(self, s: torch.Tensor) -> torch.Tensor:
+        # s: (N, h, w, 2) in [0, 1] (x, y) -> phi(s) in the same layout.
+        out = F.grid_sample(self.knots, s * 2 - 1, mode="bilinear", align_corners=True)
+        return out.permute(0, 2, 3, 1)
+
+    def _lattice(self, h, w):
+        dev = self.knots.device
+        ys, xs = _pixel_centres(h, dev), _pixel_centres(w, dev)
+        t = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)
+        return t.expand(self.knots.shape[0], h, w, 2)
+
+    def sampling_positions(self):
+        """``(N, h, w, 2)`` input pixel coordinates ``(x, y)`` read by each sampled pixel."""
+        (H, W), (h, w) = self.in_size, self.out_size
+        uv = self._phi(self._lattice(h, w))
+        return uv * torch.tensor([W, H], device=uv.device, dtype=uv.dtype) - 0.5
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.out_size
+        grid = self._phi(self._lattice(h, w)) * 2 - 1
+        out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out.to(x.dtype)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        H, W = self.in_size
+        target = self._lattice(H, W)
+        s = target
+        for _ in range(self.inverse_iters):
+            s = (s + (target - self._phi(s))).clamp(0.0, 1.0)
+        out = F.grid_sample(y, (s * 2 - 1).to(y.dtype), mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out.to(y.dtype)
+
+
+class SaliencySampler(nn.Module):
+    """Predicts where to sample a feature map and builds the sampling grid.
+
+    A zero-initialised 1x1 conv gives one saliency logit per pixel; the logits are average
+    pooled to ``grid_size x grid_size`` and soft-maxed over positions; the Recasens kernel
+    formula turns that distribution into a sampling map. At initialisation (and with
+    ``uniform=True`` always) the map is the identity, i.e. plain bilinear resizing.
+
+    Args:
+        in_channels (int): channels of the feature map the saliency is predicted from.
+        ratio (float): sampled size / full size, in ``(0, 1]``.
+        grid_size (int): side ``G`` of the pooled saliency grid (Recasens: 31).
+        padding (int): replicate padding ``P`` of the saliency, in cells (Recasens: 30).
+        sigma (float): Gaussian kernel std in cells (Recasens: FWHM 13 -> about 5.5).
+        separable (bool): separable map with exact inverse (default) or a 2-D map.
+        uniform (bool): hold the saliency constant (uniform sampling ablation); then no
+            saliency conv is created.
+        inverse_iters (int): fixed-point iterations of the 2-D inverse.
+    """
+
+    def __init__(self, in_channels: int, ratio: float, *, grid_size: int = 31, padding: int = 30,
+                 sigma: float = 5.5, separable: bool = True, uniform: bool = False,
+                 inverse_iters: int = 4):
+        super().__init__()
+        if not (0.0 < ratio <= 1.0):
+            raise ValueError(f"sampling ratio must be in (0, 1], got {ratio}")
+        if grid_size < 1 or padding < 0 or not sigma > 0:
+            raise ValueError(
+                f"invalid sampler grid: grid_size={grid_size} (>= 1), padding={padding} (>= 0), "
+                f"sigma={sigma} (> 0)"
+            )
+        self.ratio = float(ratio)
+        self.grid_size = int(grid_size)
+        self.padding = int(padding)
+        self.sigma = float(sigma)
+        self.separable = bool(separable)
+        self.uniform = bool(uniform)
+        self.inverse_iters = int(inverse_iters)
+        if not self.uniform:
+            self.saliency_conv = nn.Conv2d(in_channels, 1, kernel_size=1, bias=False)
+            nn.init.zeros_(self.saliency_conv.weight)
+
+    def extra_repr(self):
+        return (f"ratio={self.ratio}, grid_size={self.grid_size}, padding={self.padding}, "
+                f"sigma={self.sigma}, separable={self.separable}, uniform={self.uniform}")
+
+    def out_size(self, h: int, w: int) -> Tuple[int, int]:
+        return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
+
+    def saliency(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, G, G)`` float32 saliency distribution (sums to 1 per image)."""
+        n, g = x.shape[0], self.grid_size
+        if self.uniform:
+            return torch.full((n, g, g), 1.0 / (g * g), device=x.device,
+                              dtype=torch.promote_types(x.dtype, torch.float32))
+        logits = _grid_dtype(self.saliency_conv(x))
+        logits = F.adaptive_avg_pool2d(logits, (g, g)).flatten(1)
+        return torch.softmax(logits, dim=1).view(n, g, g)
+
+    def forward(self, x: torch.Tensor):
+        """Build the grid for feature map ``x`` (``(N, C, H, W)``).
+
+        Returns:
+            SeparableGrid or NonSeparableGrid: call ``.sample`` / ``.inverse`` on it.
+        """
+        H, W = x.shape[-2:]
+        out_size = self.out_size(H, W)
+        n, g = x.shape[0], self.grid_size
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.separable:
+                if self.uniform:
+                    ky = kx = identity_knots(n, g, x.device).to(
+                        torch.promote_types(x.dtype, torch.float32))
+                else:
+                    s = self.saliency(x)
+                    ky = recasens_knots_1d(s.sum(dim=2), self.padding, self.sigma)
+                    kx = recasens_knots_1d(s.sum(dim=1), self.padding, self.sigma)
+                return SeparableGrid(ky, kx, (H, W), out_size)
+            s = self.saliency(x)
+            knots = recasens_knots_2d(s, self.padding, self.sigma)
+            return NonSeparableGrid(knots, (H, W), out_size, self.inverse_iters)

@@ -1,0 +1,12 @@
+"""SSB-ResNet blocks and Detectron2 backbones (registered on import)."""
+from .blocks import RSBottleneckBlock, RSStem, SSBBottleneckBlock
+from .backbone import (
+    BLOCKS_PER_STAGE,
+    build_ssb_resnet_backbone,
+    build_ssb_resnet_fpn_backbone,
+    build_ssb_retinanet_resnet_fpn_backbone,
+    ssb_resnet,
+    ssb_resnet_kwargs_from_cfg,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,0 +1,265 @@
+"""SSB-ResNet(-RS) backbones on Detectron2's ``ResNet``, and their FPN twins.
+
+``ssb_resnet(...)`` is the one constructor: the config builders, the LazyConfig twin and the
+classification-pretraining model all call it. Stages are assembled with
+``ResNet.make_stage``, so feature names are ``res2..res5`` and ``FREEZE_AT`` works as for
+Detectron2's ResNet.
+"""
+from typing import Sequence
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import FPN, ResNet
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
+
+from ..config import HOSTS
+from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, RSStem, SSBBottleneckBlock
+
+__all__ = [
+    "BLOCKS_PER_STAGE",
+    "ssb_resnet",
+    "ssb_resnet_kwargs_from_cfg",
+    "build_ssb_resnet_backbone",
+    "build_ssb_resnet_fpn_backbone",
+    "build_ssb_retinanet_resnet_fpn_backbone",
+]
+
+# Blocks per stage res2..res5 (ResNet-RS-200 uses [3, 24, 36, 3]).
+BLOCKS_PER_STAGE = {
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+    200: [3, 24, 36, 3],
+}
+
+
+def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled):
+    errors = []
+    if depth not in BLOCKS_PER_STAGE:
+        errors.append(f"MODEL.RESNETS.DEPTH={depth}: SSB-ResNet supports {sorted(BLOCKS_PER_STAGE)}")
+    if host not in HOSTS:
+        errors.append(f"MODEL.SSB.HOST={host!r}: must be one of {HOSTS}")
+    if len(ratios) != 4:
+        errors.append(f"MODEL.SSB.RATIOS={list(ratios)}: needs 4 values (res2..res5)")
+    bad = [r for r in ratios if not (isinstance(r, (int, float)) and 0.0 < r <= 1.0)]
+    if bad and enabled:
+        errors.append(f"MODEL.SSB.RATIOS={list(ratios)}: every ratio must be in (0, 1], got {bad}")
+    if inverse_position not in INVERSE_POSITIONS:
+        errors.append(
+            f"MODEL.SSB.INVERSE_POSITION={inverse_position!r}: must be one of {INVERSE_POSITIONS}"
+        )
+    if host == "resnet-rs" and stride_in_1x1:
+        errors.append(
+            "MODEL.RESNETS.STRIDE_IN_1X1=True with MODEL.SSB.HOST='resnet-rs': ResNet-RS strides "
+            "the 3x3 conv; set MODEL.RESNETS.STRIDE_IN_1X1 False"
+        )
+    if res5_dilation not in (1, 2):
+        errors.append(f"MODEL.RESNETS.RES5_DILATION={res5_dilation}: must be 1 or 2")
+    if errors:
+        raise ValueError("Invalid SSB-ResNet configuration:\n  " + "\n  ".join(errors))
+
+
+def ssb_resnet(
+    *,
+    depth: int = 50,
+    in_channels: int = 3,
+    host: str = "resnet",
+    enabled: bool = True,
+    ratios: Sequence[float] = (0.5, 0.5, 0.5, 1.0),
+    norm="FrozenBN",
+    stem_out_channels: int = 64,
+    stem_width: int = 32,
+    res2_out_channels: int = 256,
+    num_groups: int = 1,
+    width_per_group: int = 64,
+    stride_in_1x1: bool = True,
+    res5_dilation: int = 1,
+    out_features=("res2", "res3", "res4", "res5"),
+    freeze_at: int = 0,
+    grid_size: int = 31,
+    grid_padding: int = 30,
+    kernel_sigma: float = 5.5,
+    separable: bool = True,
+    uniform: bool = False,
+    inverse_iters: int = 4,
+    inverse_position: str = "after_conv3",
+    se_ratio: float = 0.25,
+    drop_path_rate: float = 0.0,
+) -> ResNet:
+    """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
+
+    Args:
+        depth (int): 50, 101, 152 or 200.
+        in_channels (int): image channels.
+        host (str): ``"resnet"`` (Detectron2's ResNet) or ``"resnet-rs"`` (deep stem,
+            ResNet-D shortcut, SE, stochastic depth).
+        enabled (bool): use SSB blocks; False gives the plain host, block for block.
+        ratios (Sequence[float]): sampling ratio per stage res2..res5; stride-1 blocks of a
+            stage with ratio < 1 become :class:`SSBBottleneckBlock`.
+        norm (str or callable): normalisation (``"FrozenBN"``, ``"BN"``, ``"SyncBN"``,
+            ``"GN"``, ...), as ``MODEL.RESNETS.NORM``.
+        stem_out_channels (int): stem output channels.
+        stem_width (int): width of the first two convs of the ResNet-RS stem.
+        res2_out_channels (int): output channels of res2 (doubling per stage).
+        num_groups (int): groups of the 3x3 convs.
+        width_per_group (int): bottleneck width per group.
+        stride_in_1x1 (bool): MSRA convention, stride on the first 1x1 of strided blocks.
+        res5_dilation (int): 1 or 2 (dilated res5 keeps stride 16).
+        out_features (Sequence[str]): features to return, e.g. ``["res2", ..., "res5"]``.
+        freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...).
+        grid_size, grid_padding, kernel_sigma, separable, uniform, inverse_iters,
+        inverse_position: sampler options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
+        se_ratio (float): SE ratio of the ResNet-RS host (ignored by the plain host).
+        drop_path_rate (float): stochastic depth of the last block, linear from 0.
+
+    Returns:
+        ResNet: a Detectron2 backbone with ``res2..res5`` features.
+    """
+    ratios = list(ratios)
+    _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled)
+    rs = host == "resnet-rs"
+    if rs:
+        stem = RSStem(in_channels, stem_out_channels, stem_width=stem_width, norm=norm)
+        plain_block = RSBottleneckBlock
+    else:
+        stem = BasicStem(in_channels, stem_out_channels, norm=norm)
+        # Detectron2's own block, unless stochastic depth asks for the block that has it
+        # (RSBottleneckBlock without SE/avg-down computes the same, with the same names).
+        plain_block = BottleneckBlock if drop_path_rate == 0 else RSBottleneckBlock
+
+    num_blocks = BLOCKS_PER_STAGE[depth]
+    total_blocks = sum(num_blocks)
+    block_index = 0
+    in_ch, out_ch = stem_out_channels, res2_out_channels
+    bottleneck = num_groups * width_per_group
+    stages = []
+    for idx, stage_idx in enumerate(range(2, 6)):
+        dilation = res5_dilation if stage_idx == 5 else 1
+        first_stride = 1 if idx == 0 or (stage_idx == 5 and dilation == 2) else 2
+        strides = [first_stride] + [1] * (num_blocks[idx] - 1)
+        common = dict(bottleneck_channels=bottleneck, num_groups=num_groups, norm=norm,
+                      stride_in_1x1=stride_in_1x1, dilation=dilation)
+        if rs:
+            common.update(se_ratio=se_ratio, avg_down=True)
+        drop = [drop_path_rate * (block_index + i) / max(total_blocks - 1, 1)
+                for i in range(num_blocks[idx])]
+        block_index += num_blocks[idx]
+        sampled = enabled and ratios[idx] < 1.0
+        ssb_kwargs = dict(sampling_ratio=ratios[idx], grid_size=grid_size,
+                          grid_padding=grid_padding, kernel_sigma=kernel_sigma,
+                          separable=separable, uniform=uniform, inverse_iters=inverse_iters,
+                          inverse_position=inverse_position)
+        # Consecutive runs of one block class, each made by ResNet.make_stage: strided blocks
+        # stay plain bottlenecks, stride-1 blocks of a sampled stage are SSB blocks.
+        blocks, i = [], 0
+        while i < len(strides):
+            use_ssb = sampled and strides[i] == 1
+            j = i
+            while j < len(strides) and (sampled and strides[j] == 1) == use_ssb:
+                j += 1
+            block_class = SSBBottleneckBlock if use_ssb else plain_block
+            kwargs = dict(common, stride_per_block=strides[i:j])
+            if block_class is not BottleneckBlock:
+                kwargs["drop_path_per_block"] = drop[i:j]
+            if use_ssb:
+                kwargs.update(ssb_kwargs)
+            blocks += ResNet.make_stage(block_class, j - i, in_channels=in_ch,
+                                        out_channels=out_ch, **kwargs)
+            in_ch = out_ch
+            i = j
+        stages.append(blocks)
+        out_ch *= 2
+        bottleneck *= 2
+    return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
+
+
+def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
+    """The :func:`ssb_resnet` arguments a Detectron2 config describes.
+
+    Args:
+        cfg (CfgNode): a config with ``MODEL.SSB`` (see :func:`ssb_det.add_ssb_config`).
+        in_channels (int): image channels.
+    """
+    r, s = cfg.MODEL.RESNETS, cfg.MODEL.SSB
+    return dict(
+        depth=r.DEPTH, in_channels=in_channels, host=s.HOST, enabled=s.ENABLED,
+        ratios=list(s.RATIOS), norm=r.NORM, stem_out_channels=r.STEM_OUT_CHANNELS,
+        stem_width=s.STEM_WIDTH, res2_out_channels=r.RES2_OUT_CHANNELS,
+        num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
+        stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION,
+        out_features=list(r.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        grid_size=s.GRID_SIZE, grid_padding=s.GRID_PADDING, kernel_sigma=s.KERNEL_SIGMA,
+        separable=s.SEPARABLE, uniform=s.UNIFORM, inverse_iters=s.INVERSE_ITERS,
+        inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
+        drop_path_rate=s.DROP_PATH_RATE,
+    )
+
+
+def _require_ssb_cfg(cfg):
+    if "SSB" not in cfg.MODEL:
+        raise KeyError(
+            "cfg.MODEL.SSB is missing: call ssb_det.add_ssb_config(cfg) before merging an SSB "
+            "config file or building an SSB backbone"
+        )
+
+
+@BACKBONE_REGISTRY.register()
+def build_ssb_resnet_backbone(cfg, input_shape: ShapeSpec):
+    """Create an SSB-ResNet(-RS) from config (``MODEL.BACKBONE.NAME: build_ssb_resnet_backbone``).
+
+    Args:
+        cfg (CfgNode): config with ``MODEL.RESNETS`` and ``MODEL.SSB``.
+        input_shape (ShapeSpec): input image shape (channels are used).
+
+    Returns:
+        ResNet: with features ``MODEL.RESNETS.OUT_FEATURES``.
+    """
+    _require_ssb_cfg(cfg)
+    return ssb_resnet(**ssb_resnet_kwargs_from_cfg(cfg, input_shape.channels))
+
+
+@BACKBONE_REGISTRY.register()
+def build_ssb_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """SSB-ResNet with FPN, P2-P6 (for Faster/Mask R-CNN), as ``build_resnet_fpn_backbone``.
+
+    Args:
+        cfg (CfgNode): config with ``MODEL.RESNETS``, ``MODEL.SSB`` and ``MODEL.FPN``.
+        input_shape (ShapeSpec): input image shape.
+
+    Returns:
+        FPN: a Detectron2 FPN backbone (``size_divisibility`` 32).
+    """
+    bottom_up = build_ssb_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_ssb_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """SSB-ResNet with FPN, P3-P7 (for RetinaNet), as ``build_retinanet_resnet_fpn_backbone``.
+
+    Args:
+        cfg (CfgNode): config with ``MODEL.RESNETS``, ``MODEL.SSB`` and ``MODEL.FPN``.
+        input_shape (ShapeSpec): input image shape.
+
+    Returns:
+        FPN: a Detectron2 FPN backbone.
+    """
+    bottom_up = build_ssb_resnet_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(in_channels_p6p7, out_channels),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

@@ -1,0 +1,178 @@
+"""Residual blocks and stems of SSB-ResNet and its ResNet-RS host.
+
+All blocks subclass Detectron2's ``CNNBlockBase`` so they plug into ``ResNet.make_stage``,
+honour ``FREEZE_AT`` (``freeze()`` turns their BN into FrozenBN) and keep Detectron2's
+parameter names (``conv1``, ``conv2``, ``conv3``, ``shortcut``), so an R-50 checkpoint loads
+into an SSB-R50 by name; only the saliency convs (``sampler.saliency_conv``) are new.
+"""
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from fvcore.nn import weight_init
+
+from ..layers import DropPath, SaliencySampler, SqueezeExcitation
+
+__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "RSStem", "INVERSE_POSITIONS"]
+
+# Where an SSB block restores the full size (see SSBBottleneckBlock).
+INVERSE_POSITIONS = ("after_conv3", "before_conv3")
+
+
+class RSBottleneckBlock(CNNBlockBase):
+    """Bottleneck block with the ResNet-RS options (Bello et al. 2021).
+
+    With ``se_ratio=0``, ``avg_down=False`` and ``drop_path=0`` it computes exactly what
+    Detectron2's ``BottleneckBlock`` computes, with the same parameter names.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels (``4f``).
+        bottleneck_channels (int): width ``f`` of the 3x3 conv.
+        stride (int): stride of the block.
+        num_groups (int): groups of the 3x3 conv.
+        norm (str or callable): normalisation of every conv (see ``get_norm``).
+        stride_in_1x1 (bool): put the stride on the first 1x1 (MSRA) instead of the 3x3.
+        dilation (int): dilation of the 3x3 conv.
+        se_ratio (float): squeeze-excitation hidden ratio on the block output; 0 disables.
+        avg_down (bool): ResNet-D shortcut: 2x2 average pool (stride) then a stride-1 1x1
+            conv, instead of a strided 1x1 conv.
+        drop_path (float): stochastic-depth drop probability of the residual branch.
+    """
+
+    def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, num_groups=1,
+                 norm="BN", stride_in_1x1=False, dilation=1, se_ratio=0.0, avg_down=False,
+                 drop_path=0.0):
+        super().__init__(in_channels, out_channels, stride)
+        self.avg_down = bool(avg_down) and stride > 1
+        if in_channels != out_channels or stride != 1:
+            self.shortcut = Conv2d(
+                in_channels, out_channels, kernel_size=1,
+                stride=1 if self.avg_down else stride, bias=False,
+                norm=get_norm(norm, out_channels),
+            )
+        else:
+            self.shortcut = None
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = Conv2d(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1,
+                            bias=False, norm=get_norm(norm, bottleneck_channels))
+        self.conv2 = Conv2d(bottleneck_channels, bottleneck_channels, kernel_size=3,
+                            stride=stride_3x3, padding=dilation, bias=False, groups=num_groups,
+                            dilation=dilation, norm=get_norm(norm, bottleneck_channels))
+        self.conv3 = Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False,
+                            norm=get_norm(norm, out_channels))
+        for layer in (self.conv1, self.conv2, self.conv3, self.shortcut):
+            if layer is not None:
+                weight_init.c2_msra_fill(layer)
+        self.se = SqueezeExcitation(out_channels, se_ratio) if se_ratio > 0 else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+
+    def _shortcut(self, x):
+        if self.shortcut is None:
+            return x
+        if self.avg_down:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True, count_include_pad=False)
+        return self.shortcut(x)
+
+    def _residual_tail(self, out):
+        # SE then stochastic depth on the residual branch, before the shortcut is added.
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        return out
+
+    def forward(self, x):
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self._residual_tail(self.conv3(out))
+        out = out + self._shortcut(x)
+        return F.relu_(out)
+
+
+class SSBBottleneckBlock(RSBottleneckBlock):
+    """Spatial-sampling bottleneck (SSB) block: the 3x3 runs on a saliency-sampled map.
+
+    ``a = relu(bn(conv1(x)))`` at full size; a :class:`SaliencySampler` predicts a sampling
+    grid from ``a`` and samples it to ``round(r H) x round(r W)``; the 3x3 (and, with
+    ``inverse_position="after_conv3"``, the expanding 1x1 and SE) run small; the inverse
+    sampling restores exactly ``H x W`` before the never-sampled shortcut is added. So the
+    block keeps its input's size and Detectron2's strides are unchanged.
+
+    With ratio 1 and a zero saliency conv (its initialisation) it computes what
+    Detectron2's ``BottleneckBlock`` computes with the same weights.
+
+    Args:
+        in_channels, out_channels, bottleneck_channels, num_groups, norm, dilation, se_ratio,
+        drop_path: as :class:`RSBottleneckBlock`.
+        stride (int): must be 1; strided blocks stay ordinary bottlenecks.
+        stride_in_1x1 (bool): accepted for ``make_stage`` compatibility (no effect at stride 1).
+        avg_down (bool): accepted for ``make_stage`` compatibility (no effect at stride 1).
+        sampling_ratio (float): sampled size / full size in ``(0, 1]``.
+        grid_size (int), grid_padding (int), kernel_sigma (float), separable (bool),
+        uniform (bool), inverse_iters (int): see :class:`SaliencySampler`.
+        inverse_position (str): ``"after_conv3"``: conv3 (and SE) run on the sampled map and
+            the inverse restores ``4f`` channels; ``"before_conv3"``: the inverse restores
+            the ``f``-channel 3x3 output and conv3 runs at full size.
+    """
+
+    def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, num_groups=1,
+                 norm="BN", stride_in_1x1=False, dilation=1, se_ratio=0.0, avg_down=False,
+                 drop_path=0.0, sampling_ratio=0.5, grid_size=31, grid_padding=30,
+                 kernel_sigma=5.5, separable=True, uniform=False, inverse_iters=4,
+                 inverse_position="after_conv3"):
+        if stride != 1:
+            raise ValueError(
+                f"SSBBottleneckBlock samples stride-1 blocks only (got stride={stride}); "
+                "strided blocks stay ordinary bottlenecks"
+            )
+        if inverse_position not in INVERSE_POSITIONS:
+            raise ValueError(
+                f"inverse_position must be one of {INVERSE_POSITIONS}, got {inverse_position!r}"
+            )
+        super().__init__(in_channels, out_channels, bottleneck_channels=bottleneck_channels,
+                         stride=1, num_groups=num_groups, norm=norm, stride_in_1x1=stride_in_1x1,
+                         dilation=dilation, se_ratio=se_ratio, avg_down=avg_down,
+                         drop_path=drop_path)
+        self.inverse_position = inverse_position
+        self.sampler = SaliencySampler(
+            bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
+            sigma=kernel_sigma, separable=separable, uniform=uniform, inverse_iters=inverse_iters,
+        )
+
+    def forward(self, x):
+        a = F.relu_(self.conv1(x))
+        grid = self.sampler(a)
+        b = F.relu_(self.conv2(grid.sample(a)))
+        if self.inverse_position == "after_conv3":
+            out = grid.inverse(self._residual_tail(self.conv3(b)))
+        else:
+            out = self._residual_tail(self.conv3(grid.inverse(b)))
+        out = out + self._shortcut(x)
+        return F.relu_(out)
+
+
+class RSStem(CNNBlockBase):
+    """ResNet-RS deep stem: three 3x3 convs (the first stride 2) and a stride-2 3x3 conv in
+    place of the max-pool. Output stride 4.
+
+    Args:
+        in_channels (int): image channels.
+        out_channels (int): output channels (64 in ResNet-RS).
+        stem_width (int): width of the first two convs (32 in ResNet-RS).
+        norm (str or callable): normalisation after every conv.
+    """
+
+    def __init__(self, in_channels=3, out_channels=64, stem_width=32, norm="BN"):
+        super().__init__(in_channels, out_channels, 4)
+        self.in_channels = in_channels
+        widths = [(in_channels, stem_width, 2), (stem_width, stem_width, 1),
+                  (stem_width, out_channels, 1), (out_channels, out_channels, 2)]
+        for i, (cin, cout, s) in enumerate(widths, start=1):
+            conv = Conv2d(cin, cout, kernel_size=3, stride=s, padding=1, bias=False,
+                          norm=get_norm(norm, cout))
+            weight_init.c2_msra_fill(conv)
+            self.add_module(f"conv{i}", conv)
+
+    def forward(self, x):
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            x = F.relu_(conv(x))
+        return x
