@@ -22,9 +22,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 
 OFFICIAL_URL = "git+https://github.com/facebookresearch/detectron2.git"
-FALLBACK_REQUIREMENT = "pb1-detectron2==0.6"
+FALLBACK_PROJECT, FALLBACK_FILE = "pb1-detectron2", "pb1-detectron2-0.6.tar.gz"
 FALLBACK_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 STANDIN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detectron2_C_standin.py")
 
@@ -38,6 +40,14 @@ FALLBACK_PATCHES = [
     # The distribution is published as pb1-detectron2; call it detectron2 so that
     # `pip show detectron2` and importlib.metadata find it like an official install.
     ("setup.py", 'name="pb1-detectron2",', 'name="detectron2",'),
+    # The sdist keeps the model-zoo configs inside detectron2/model_zoo/configs, but its
+    # setup.py collects them from a top-level configs/ it does not ship: install them so
+    # model_zoo.get_config_file() works.
+    ("setup.py", 'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
+     'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},'),
+    # Newer pip refuses direct-URL requirements (an extra names panopticapi by URL).
+    ("setup.py",
+     '"panopticapi @ https://github.com/cocodataset/panopticapi/archive/master.zip",', ""),
     # Pillow 10 removed Image.LINEAR (an alias of BILINEAR). Official Detectron2 after v0.6
     # made the same change.
     ("detectron2/data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR"),
@@ -101,27 +111,41 @@ def _apply_patches(src):
     shutil.copyfile(STANDIN_SOURCE, os.path.join(src, "detectron2", "_C.py"))
 
 
+def _download_sdist(dest):
+    """Fetch the sdist through the package index pip uses (PEP 503 simple API).
+
+    Not `pip download`: recent pip builds the sdist's metadata first and rejects it for the
+    direct-URL dependency in one of its extras.
+    """
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page_url = f"{index}/{FALLBACK_PROJECT}/"
+    log(f"fetching {FALLBACK_FILE} via {page_url}")
+    with urllib.request.urlopen(page_url, timeout=60) as resp:
+        page = resp.read().decode("utf-8", "replace")
+    hrefs = [h for h in re.findall(r'href="([^"]+)"', page) if FALLBACK_FILE in h]
+    if not hrefs:
+        raise RuntimeError(f"{FALLBACK_FILE} is not listed on {page_url}")
+    url = urllib.parse.urljoin(page_url, hrefs[0].split("#")[0])
+    path = os.path.join(dest, FALLBACK_FILE)
+    with urllib.request.urlopen(url, timeout=300) as resp, open(path, "wb") as f:
+        shutil.copyfileobj(resp, f)
+    digest = _sha256(path)
+    if digest != FALLBACK_SHA256:
+        raise RuntimeError(f"sha256 of {url} is {digest}, expected {FALLBACK_SHA256}")
+    return path
+
+
 def install_fallback():
     with tempfile.TemporaryDirectory(prefix="ssb_d2_") as tmp:
-        # --no-build-isolation: pip reads the sdist's metadata with its setup.py, which
-        # imports torch; torch is installed here already.
-        if pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-               FALLBACK_REQUIREMENT, "-d", tmp) != 0:
-            log(f"could not download {FALLBACK_REQUIREMENT} from PyPI")
-            return False
-        archives = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
-        if len(archives) != 1:
-            log(f"expected one sdist in {tmp}, found {archives}")
-            return False
-        archive = os.path.join(tmp, archives[0])
-        digest = _sha256(archive)
-        if digest != FALLBACK_SHA256:
-            log(f"sha256 of {archives[0]} is {digest}, expected {FALLBACK_SHA256}: refusing it")
+        try:
+            archive = _download_sdist(tmp)
+        except (OSError, RuntimeError) as e:
+            log(f"could not fetch the Detectron2 v0.6 sdist: {e}")
             return False
         with tarfile.open(archive) as tar:
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp, **kwargs)
-        src = os.path.join(tmp, re.sub(r"\.tar\.gz$", "", archives[0]))
+        src = os.path.join(tmp, FALLBACK_FILE[: -len(".tar.gz")])
         _apply_patches(src)
         return pip("install", "--no-build-isolation", src) == 0
 
