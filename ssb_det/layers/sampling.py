@@ -18,7 +18,7 @@ Non-separable grid (option). The 2-D Recasens formula gives ``(u, v)`` knots on 
 ``(G + 1) x (G + 1)`` lattice; sampling uses ``grid_sample``; the inverse is approximate
 (a few fixed-point iterations ``s <- s + (t - phi(s))``).
 
-The grid is always computed in float32 (float64 for float64 input), whatever the features' dtype, so reduced precision
+The grid is always computed in float64 (float32 on MPS), whatever the features' dtype, so reduced precision
 and extreme saliency logits cannot make it leave the image or turn non-finite.
 """
 import math
@@ -54,8 +54,13 @@ def sampled_size(size: int, ratio: float) -> int:
 
 
 def _grid_dtype(t: torch.Tensor) -> torch.Tensor:
-    """At least float32 (half/bfloat16 -> float32; float64 stays, for gradcheck)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+    """The grid's precision: float64 (float32 on MPS, which has no float64).
+
+    The grid tensors are tiny (``N x (G + 1)`` knots, ``N x h`` positions), so float64 costs
+    nothing and keeps an identity grid exact to ~1e-7 px even at 4000 px, whatever the
+    features' dtype (half and bfloat16 included).
+    """
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
 
 
 def _pixel_centres(n: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -82,9 +87,9 @@ def _centres_to_corners(u: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([head, mid, tail], dim=dim)
 
 
-def identity_knots(batch: int, grid_size: int, device=None) -> torch.Tensor:
+def identity_knots(batch: int, grid_size: int, device=None, dtype=torch.float64) -> torch.Tensor:
     """Knots of the identity map: ``(batch, grid_size + 1)`` values ``k / grid_size``."""
-    k = torch.arange(grid_size + 1, device=device, dtype=torch.float32) / grid_size
+    k = torch.arange(grid_size + 1, device=device, dtype=dtype) / grid_size
     return k.expand(batch, grid_size + 1).contiguous()
 
 
@@ -101,19 +106,21 @@ def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> tor
         sigma (float): standard deviation of the Gaussian kernel, in cells.
 
     Returns:
-        Tensor: ``(N, G + 1)`` float32 knots of ``phi`` at ``t = k / G``: strictly
+        Tensor: ``(N, G + 1)`` knots (float64, see ``_grid_dtype``) of ``phi`` at ``t = k / G``: strictly
         increasing, from exactly 0 to exactly 1. A constant marginal gives the identity.
     """
     m = _floor_marginal(_grid_dtype(marginal))
     n, g = m.shape
     p = int(padding)
-    # Cell centres of the padded saliency, continuing linearly beyond the image.
-    x = (torch.arange(g + 2 * p, device=m.device, dtype=m.dtype) - p + 0.5) / g
     m_pad = F.pad(m[:, None, :], (p, p), mode="replicate") if p > 0 else m[:, None, :]
-    k = _gaussian_kernel(p, sigma, m.device, m.dtype)[None, None, :]
-    num = F.conv1d(m_pad * x, k)[:, 0]
-    den = F.conv1d(m_pad, k)[:, 0]
-    u = num / den  # phi at the cell centres, (N, G)
+    k = _gaussian_kernel(p, sigma, m.device, m.dtype)
+    d = torch.arange(-p, p + 1, device=m.device, dtype=m.dtype) / g
+    # u(p) = sum_q S(q) k(p-q) X(q) / sum_q S(q) k(p-q), written as the cell centre X(p) plus
+    # the weighted mean offset X(q) - X(p): the same formula, but a uniform S gives an
+    # offset that cancels to ~1e-9 instead of a ratio of sums rounded to ~1e-7.
+    den = F.conv1d(m_pad, k[None, None, :])[:, 0]
+    offset = F.conv1d(m_pad, (k * d)[None, None, :])[:, 0] / den
+    u = _pixel_centres(g, m.device, m.dtype) + offset  # phi at the cell centres, (N, G)
     c = _centres_to_corners(u, dim=1)
     # Pin the ends: an affine rescale keeps the map strictly increasing and inside the image
     # (Recasens clamps instead, which makes flat, non-invertible stretches at the borders).
@@ -137,18 +144,17 @@ def recasens_knots_2d(saliency: torch.Tensor, padding: int, sigma: float) -> tor
     n, gh, gw = s.shape
     s = s * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / (gh * gw)
     p = int(padding)
-    xs = (torch.arange(gw + 2 * p, device=s.device, dtype=s.dtype) - p + 0.5) / gw
-    ys = (torch.arange(gh + 2 * p, device=s.device, dtype=s.dtype) - p + 0.5) / gh
     s_pad = F.pad(s[:, None], (p, p, p, p), mode="replicate") if p > 0 else s[:, None]
     k = _gaussian_kernel(p, sigma, s.device, s.dtype)
-    kx, ky = k[None, None, None, :], k[None, None, :, None]
+    d = torch.arange(-p, p + 1, device=s.device, dtype=s.dtype)
 
-    def smooth(t):
-        return F.conv2d(F.conv2d(t, kx), ky)
+    def smooth(t, kx, ky):  # separable 2-D Gaussian (times offsets) correlation
+        return F.conv2d(F.conv2d(t, kx[None, None, None, :]), ky[None, None, :, None])
 
-    den = smooth(s_pad)
-    u = smooth(s_pad * xs[None, None, None, :]) / den
-    v = smooth(s_pad * ys[None, None, :, None]) / den
+    # Centre plus weighted mean offset, as in recasens_knots_1d.
+    den = smooth(s_pad, k, k)
+    u = _pixel_centres(gw, s.device, s.dtype) + smooth(s_pad, k * d / gw, k) / den
+    v = _pixel_centres(gh, s.device, s.dtype)[:, None] + smooth(s_pad, k, k * d / gh) / den
     uv = torch.cat([u, v], dim=1)  # (N, 2, G, G) at centres
     uv = _centres_to_corners(_centres_to_corners(uv, dim=2), dim=3)
     return uv.clamp(0.0, 1.0)
@@ -236,18 +242,11 @@ class SeparableGrid:
         self._fwd = None
         self._inv = None
 
-    def _knots64(self):
-        # Positions are (N, h)-sized vectors: float64 costs nothing here and makes an
-        # identity grid reproduce F.interpolate to float32 rounding.
-        if self.knots_y.device.type == "mps":  # MPS has no float64
-            return self.knots_y, self.knots_x
-        return self.knots_y.double(), self.knots_x.double()
-
     def sampling_positions(self):
         """Input pixel coordinates read by each sampled row and column: ``(N,h)``, ``(N,w)``."""
         if self._fwd is None:
             (H, W), (h, w) = self.in_size, self.out_size
-            ky, kx = self._knots64()
+            ky, kx = self.knots_y, self.knots_x
             ys = interp_knots(ky, _pixel_centres(h, ky.device, ky.dtype)) * H - 0.5
             xs = interp_knots(kx, _pixel_centres(w, kx.device, kx.dtype)) * W - 0.5
             self._fwd = (ys, xs)
@@ -257,7 +256,7 @@ class SeparableGrid:
         """Sampled-map pixel coordinates read by each full-size row and column."""
         if self._inv is None:
             (H, W), (h, w) = self.in_size, self.out_size
-            ky, kx = self._knots64()
+            ky, kx = self.knots_y, self.knots_x
             ys = invert_knots(ky, _pixel_centres(H, ky.device, ky.dtype)) * h - 0.5
             xs = invert_knots(kx, _pixel_centres(W, kx.device, kx.dtype)) * w - 0.5
             self._inv = (ys, xs)
@@ -295,8 +294,8 @@ class NonSeparableGrid:
         return out.permute(0, 2, 3, 1)
 
     def _lattice(self, h, w):
-        dev = self.knots.device
-        ys, xs = _pixel_centres(h, dev), _pixel_centres(w, dev)
+        dev, dt = self.knots.device, self.knots.dtype
+        ys, xs = _pixel_centres(h, dev, dt), _pixel_centres(w, dev, dt)
         t = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)
         return t.expand(self.knots.shape[0], h, w, 2)
 
@@ -313,12 +312,22 @@ class NonSeparableGrid:
                             align_corners=False)
         return out.to(x.dtype)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse_positions(self) -> torch.Tensor:
+        """``(N, H, W, 2)`` normalised positions ``s`` with ``phi(s) ~ t`` per full-size pixel.
+
+        Fixed-point iterations ``s <- s + (t - phi(s))`` from ``s = t``; exact for the
+        identity. Near borders the clamped 2-D map may not reach ``t`` at all; there ``s``
+        stops at the nearest reachable position.
+        """
         H, W = self.in_size
         target = self._lattice(H, W)
         s = target
         for _ in range(self.inverse_iters):
             s = (s + (target - self._phi(s))).clamp(0.0, 1.0)
+        return s
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        s = self.inverse_positions()
         out = F.grid_sample(y, (s * 2 - 1).to(y.dtype), mode="bilinear", padding_mode="border",
                             align_corners=False)
         return out.to(y.dtype)
@@ -374,13 +383,13 @@ class SaliencySampler(nn.Module):
         return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
 
     def saliency(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, G, G)`` float32 saliency distribution (sums to 1 per image)."""
+        """``(N, G, G)`` saliency distribution in grid precision (sums to 1 per image)."""
         n, g = x.shape[0], self.grid_size
         if self.uniform:
-            return torch.full((n, g, g), 1.0 / (g * g), device=x.device,
-                              dtype=torch.promote_types(x.dtype, torch.float32))
-        logits = _grid_dtype(self.saliency_conv(x))
-        logits = F.adaptive_avg_pool2d(logits, (g, g)).flatten(1)
+            return _grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
+        # Pool in float32 (not in the features' half precision), then go to grid precision.
+        logits = F.adaptive_avg_pool2d(self.saliency_conv(x).float(), (g, g))
+        logits = _grid_dtype(logits).flatten(1)
         return torch.softmax(logits, dim=1).view(n, g, g)
 
     def forward(self, x: torch.Tensor):
@@ -395,8 +404,7 @@ class SaliencySampler(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.separable:
                 if self.uniform:
-                    ky = kx = identity_knots(n, g, x.device).to(
-                        torch.promote_types(x.dtype, torch.float32))
+                    ky = kx = _grid_dtype(identity_knots(n, g, x.device))
                 else:
                     s = self.saliency(x)
                     ky = recasens_knots_1d(s.sum(dim=2), self.padding, self.sigma)
