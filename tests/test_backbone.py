@@ -1,0 +1,267 @@
+"""SSB-ResNet(-RS) backbones built from config: Detectron2's backbone contract."""
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
+from detectron2.modeling.backbone.resnet import BottleneckBlock, build_resnet_backbone
+
+import ssb_det
+from ssb_det.modeling import SSBBottleneckBlock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_cfg(**ssb):
+    cfg = get_cfg()
+    ssb_det.add_ssb_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    for key, value in ssb.items():
+        if key.isupper():
+            setattr(cfg.MODEL.SSB, key, value)
+    return cfg
+
+
+def n_params(module, trainable_only=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def test_builders_are_registered_on_import():
+    for name in ("build_ssb_resnet_backbone", "build_ssb_resnet_fpn_backbone",
+                 "build_ssb_retinanet_resnet_fpn_backbone"):
+        assert BACKBONE_REGISTRY.get(name) is not None
+
+
+def test_add_ssb_config_is_idempotent_and_every_key_documented():
+    cfg = get_cfg()
+    ssb_det.add_ssb_config(cfg)
+    before = cfg.dump()
+    ssb_det.add_ssb_config(cfg)
+    assert cfg.dump() == before
+    source = open(os.path.join(ROOT, "ssb_det", "config.py")).read().splitlines()
+    for key in cfg.MODEL.SSB.keys():
+        line = next(i for i, s in enumerate(source) if f"_C.MODEL.SSB.{key} =" in s)
+        assert source[line - 1].strip().startswith("#"), f"MODEL.SSB.{key} has no comment"
+
+
+@pytest.fixture(scope="module")
+def r50_pair():
+    torch.manual_seed(0)
+    ssb = build_backbone(make_cfg())
+    base = build_backbone(make_cfg(ENABLED=False))
+    return ssb, base
+
+
+@pytest.mark.parametrize("size", [(97, 131), (33, 250), (1, 1), (5, 37), (64, 96)])
+def test_ssb_bottom_up_shapes_equal_plain_resnet_for_odd_sizes(r50_pair, size):
+    ssb, base = r50_pair
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        out_s, out_b = ssb.bottom_up(x), base.bottom_up(x)
+    assert {k: v.shape for k, v in out_s.items()} == {k: v.shape for k, v in out_b.items()}
+    assert all(torch.isfinite(v).all() for v in out_s.values())
+
+
+@pytest.mark.parametrize("size", [(64, 96), (160, 32)])
+def test_ssb_fpn_shapes_equal_plain_fpn(r50_pair, size):
+    # Detectron2 pads images to size_divisibility (32) before an FPN; odd sizes are covered
+    # for the bottom-up above.
+    ssb, base = r50_pair
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        out_s, out_b = ssb(x), base(x)
+    assert list(out_s) == ["p2", "p3", "p4", "p5", "p6"]
+    assert {k: v.shape for k, v in out_s.items()} == {k: v.shape for k, v in out_b.items()}
+    assert out_s["p2"].shape[-2:] == (size[0] // 4, size[1] // 4)
+
+
+def test_output_shape_contract(r50_pair):
+    ssb, base = r50_pair
+    assert ssb.size_divisibility == 32
+    assert ssb.output_shape() == base.output_shape()
+    assert {k: v.stride for k, v in ssb.output_shape().items()} == {
+        "p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {k: (v.channels, v.stride) for k, v in ssb.bottom_up.output_shape().items()} == {
+        "res2": (256, 4), "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)}
+
+
+def test_ssb_params_equal_plain_plus_saliency_convs(r50_pair):
+    ssb, base = r50_pair
+    # Stride-1 blocks of res2-res4 (ratio 0.5): 3 + 3 + 5; each saliency conv is f -> 1.
+    blocks = [m for m in ssb.modules() if isinstance(m, SSBBottleneckBlock)]
+    assert len(blocks) == 11
+    saliency = sum(b.sampler.saliency_conv.weight.numel() for b in blocks)
+    assert saliency == 3 * 64 + 3 * 128 + 5 * 256
+    assert n_params(ssb) == n_params(base) + saliency
+    assert saliency / n_params(base) < 1e-3
+
+
+def test_disabled_builder_equals_detectron2_resnet():
+    torch.manual_seed(0)
+    cfg = make_cfg(ENABLED=False)
+    cfg.MODEL.RESNETS.NORM = "BN"
+    ours = build_backbone(cfg).bottom_up.eval()
+    theirs = build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    theirs.load_state_dict(ours.state_dict())  # strict: identical names and shapes
+    assert all(type(b) is BottleneckBlock for s in ours.stages for b in s)
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        for k, v in ours(x).items():
+            torch.testing.assert_close(v, theirs(x)[k])
+
+
+def test_r50_checkpoint_loads_by_name_into_ssb_r50(r50_pair):
+    ssb, base = r50_pair
+    missing, unexpected = ssb.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == []
+    assert missing and all(k.endswith("sampler.saliency_conv.weight") for k in missing)
+
+
+@pytest.mark.parametrize("freeze_at,trainable_prefixes", [
+    (0, ("stem", "res2", "res3", "res4", "res5")),
+    (2, ("res3", "res4", "res5")),
+    (5, ()),
+])
+def test_freeze_at(freeze_at, trainable_prefixes):
+    cfg = make_cfg()
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    bottom_up = build_backbone(cfg).bottom_up
+    trainable = {n.split(".")[0] for n, p in bottom_up.named_parameters() if p.requires_grad}
+    frozen = {n.split(".")[0] for n, p in bottom_up.named_parameters() if not p.requires_grad}
+    assert trainable == set(trainable_prefixes)
+    assert frozen.isdisjoint(trainable)
+    assert frozen == {"stem", "res2", "res3", "res4", "res5"}.difference(trainable_prefixes)
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN", "GN", "SyncBN"])
+def test_norms(norm):
+    cfg = make_cfg()
+    cfg.MODEL.RESNETS.NORM = norm
+    model = build_backbone(cfg).eval()
+    block = model.bottom_up.res4[1]  # res2 is frozen (FREEZE_AT 2), which makes it FrozenBN
+    assert isinstance(block, SSBBottleneckBlock)
+    expected = {"FrozenBN": "FrozenBatchNorm2d", "BN": "BatchNorm2d", "GN": "GroupNorm",
+                "SyncBN": "SyncBatchNorm"}[norm]
+    assert type(block.conv1.norm).__name__ == expected
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out["p2"].shape == (1, 256, 16, 16)
+
+
+def test_out_features_res2_channels_and_stride_in_1x1():
+    cfg = make_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4"]
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 128
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    model = build_backbone(cfg)
+    assert not hasattr(model, "res5")  # unused stages are not built
+    assert {k: v.channels for k, v in model.output_shape().items()} == {"res3": 256, "res4": 512}
+    first = model.res3[0]
+    assert first.conv1.stride == (1, 1) and first.conv2.stride == (2, 2)
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
+    assert build_backbone(cfg).res3[0].conv1.stride == (2, 2)
+
+
+def test_retinanet_builder_p3_to_p7():
+    cfg = make_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    model = build_backbone(cfg)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 96))
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {
+        "p3": (16, 12), "p4": (8, 6), "p5": (4, 3), "p6": (2, 2), "p7": (1, 1)}
+
+
+@pytest.mark.parametrize("depth", [50, 101, 152, 200])
+@pytest.mark.parametrize("host", ["resnet", "resnet-rs"])
+def test_every_depth_and_host_builds(depth, host):
+    cfg = make_cfg(HOST=host)
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = host == "resnet"
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_backbone"
+    model = build_backbone(cfg)
+    from ssb_det.modeling import BLOCKS_PER_STAGE
+    assert [len(s) for s in model.stages] == BLOCKS_PER_STAGE[depth]
+    # stride-1 blocks of res2..res4 are SSB blocks, res5 (ratio 1) and strided ones are not
+    n_ssb = sum(isinstance(b, SSBBottleneckBlock) for b in model.modules())
+    counts = BLOCKS_PER_STAGE[depth]
+    assert n_ssb == counts[0] + (counts[1] - 1) + (counts[2] - 1)
+    if depth == 50:
+        with torch.no_grad():
+            out = model.eval()(torch.randn(1, 3, 64, 64))
+        assert out["res5"].shape == (1, 2048, 2, 2)
+
+
+def test_resnet_rs_host_structure():
+    cfg = make_cfg(HOST="resnet-rs", DROP_PATH_RATE=0.1)
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_backbone"
+    model = build_backbone(cfg)
+    assert type(model.stem).__name__ == "RSStem"
+    strided = model.res3[0]
+    assert strided.avg_down and strided.se is not None and strided.shortcut.stride == (1, 1)
+    ssb_block = model.res3[1]
+    assert isinstance(ssb_block, SSBBottleneckBlock) and ssb_block.se is not None
+    last = model.res5[-1]
+    assert last.drop_path.drop_prob == pytest.approx(0.1)
+    assert model.res2[0].drop_path is None  # linear from 0 at the first block
+
+
+def test_resnet_rs_with_stride_in_1x1_is_rejected():
+    cfg = make_cfg(HOST="resnet-rs")
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
+    with pytest.raises(ValueError, match="STRIDE_IN_1X1"):
+        build_backbone(cfg)
+
+
+@pytest.mark.parametrize("ratios,match", [([0.0, 0.5, 0.5, 1.0], r"in \(0, 1\]"),
+                                          ([0.5, 1.5, 0.5, 1.0], r"in \(0, 1\]"),
+                                          ([0.5, 0.5], "needs 4 values")])
+def test_invalid_ratios_raise_clear_errors(ratios, match):
+    cfg = make_cfg(RATIOS=ratios)
+    with pytest.raises(ValueError, match=match):
+        build_backbone(cfg)
+
+
+def test_invalid_host_and_depth_listed_together():
+    cfg = make_cfg(HOST="vit")
+    cfg.MODEL.RESNETS.DEPTH = 34
+    with pytest.raises(ValueError) as err:
+        build_backbone(cfg)
+    assert "MODEL.SSB.HOST" in str(err.value) and "MODEL.RESNETS.DEPTH=34" in str(err.value)
+
+
+def test_builder_without_add_ssb_config_explains():
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_fpn_backbone"
+    with pytest.raises(KeyError, match="add_ssb_config"):
+        build_backbone(cfg)
+
+
+def test_unknown_ssb_key_is_rejected():
+    cfg = make_cfg()
+    with pytest.raises(AssertionError, match="Non-existent key: MODEL.SSB.RATIO"):
+        cfg.merge_from_list(["MODEL.SSB.RATIO", "0.5"])  # yacs, as for any Detectron2 key
+
+
+def test_lazyconfig_twin_instantiates_ssb_backbone():
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "lazy", "mask_rcnn_ssb_R_50_FPN_1x.py"))
+    cfg.model.roi_heads.num_classes = 3
+    model = instantiate(cfg.model).eval()
+    assert sum(isinstance(m, SSBBottleneckBlock) for m in model.modules()) == 11
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 64, 80) * 255}])
+    assert "instances" in out[0]
+    cfg.model.backbone.bottom_up.enabled = False
+    plain = instantiate(cfg.model)
+    assert not any(isinstance(m, SSBBottleneckBlock) for m in plain.modules())
