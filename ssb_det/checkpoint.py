@@ -37,6 +37,8 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5 (Python 3.14's default)
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
@@ -77,15 +79,26 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+def _named_errors(path: str, load):
+    """Run ``load()``; re-raise a read/format error with the file's name in the message."""
+    try:
+        return load()
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
+        raise type(e)(f"{path}: cannot read checkpoint (truncated or not a weights file?): "
+                      f"{e}") from e
+
+
 def load_pkl(path: str) -> Any:
     """Load a Detectron2/Caffe2-style ``.pkl`` weights file without executing code."""
     with open(path, "rb") as f:
-        return RestrictedUnpickler(f, source=path, encoding="latin1").load()
+        return _named_errors(path, RestrictedUnpickler(f, source=path, encoding="latin1").load)
 
 
 def load_pth(path: str) -> Any:
     """Load a ``.pth``/``.pt`` file with ``weights_only=True`` onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _named_errors(path, lambda: torch.load(path, map_location="cpu", weights_only=True))
 
 
 def load_checkpoint_file(path: str) -> Any:
@@ -125,8 +138,8 @@ class SSBCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves and code-free loading.
 
     Same constructor as ``DetectionCheckpointer``. ``.pkl`` files go through
-    :class:`RestrictedUnpickler` (then Detectron2's usual model-zoo handling), ``.pth`` files
-    through ``torch.load(weights_only=True)``.
+    :class:`RestrictedUnpickler` (then Detectron2's usual model-zoo handling), ``.pth`` and
+    pycls ``.pyth`` files through ``torch.load(weights_only=True)``.
     """
 
     def save(self, name: str, **kwargs: Any) -> None:
@@ -148,9 +161,14 @@ class SSBCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):
             return self._interpret_pkl(load_pkl(filename))
-        if filename.endswith(".pyth"):
-            return super()._load_file(filename)
         loaded = load_pth(filename)
+        if filename.endswith(".pyth"):
+            # pycls format, interpreted as DetectionCheckpointer does (but loaded safely).
+            if "model_state" not in loaded:
+                raise KeyError(f"{filename}: a pycls .pyth checkpoint must contain 'model_state'")
+            model = {k: v for k, v in loaded["model_state"].items()
+                     if not k.endswith("num_batches_tracked")}
+            return {"model": model, "__author__": "pycls", "matching_heuristics": True}
         if "model" not in loaded:
             loaded = {"model": loaded}
         return loaded

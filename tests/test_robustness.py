@@ -215,18 +215,11 @@ def _assert_grid_finite_and_inside(grid, h, w):
         assert pos[..., 1].min() >= -0.5 and pos[..., 1].max() <= h - 0.5
 
 
-FP16_OVERFLOW = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="bug (issue 6 report): a float16 model computes the saliency logits in "
-    "float16, where +-1e4-scale logits overflow to inf and the softmax to NaN. Fix in "
-    "sampling.py: run saliency_conv in float32. Remove this marker with the fix.")
-
-
 @pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("dtype,scale", [
     (torch.float32, 1e4), (torch.float32, -1e4), (torch.float32, 1e30),
     (torch.bfloat16, 1e4), (torch.bfloat16, -1e4), (torch.bfloat16, 1e30),
-    pytest.param(torch.float16, 1e4, marks=FP16_OVERFLOW),
-    pytest.param(torch.float16, -1e4, marks=FP16_OVERFLOW),
+    (torch.float16, 1e4), (torch.float16, -1e4),
 ])
 def test_extreme_saliency_logits_keep_grid_and_block_finite(separable, scale, dtype):
     block = _extreme_block(scale, separable).to(dtype)
@@ -252,11 +245,6 @@ def _cpu_autocast_dtypes():
     return dtypes
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="bug (issue 6 report): "
-                   "SaliencySampler.forward disables autocast, then runs the float32 saliency "
-                   "conv on the half-precision features autocast produced -> dtype mismatch. "
-                   "Fix in sampling.py: run saliency_conv in float32 on x.float(). Remove this "
-                   "marker with the fix.")
 @pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 @pytest.mark.parametrize("dtype", _cpu_autocast_dtypes())
@@ -271,7 +259,6 @@ def test_block_under_cpu_autocast_with_extreme_saliency(separable, scale, dtype)
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="same autocast bug as above")
 def test_backbone_trains_a_step_under_cpu_autocast():
     model = narrow_r50().train()
     x = torch.randn(2, 3, 64, 96)
@@ -345,8 +332,6 @@ def test_mismatched_checkpoint_lists_every_mismatch_and_leaves_the_model_unchang
     assert not set(changed) & mismatched
 
 
-@pytest.mark.xfail(strict=True, reason="needs ssb_det/checkpoint.py to name the file in read "
-                   "errors (issue 6 report); remove the marker with that change")
 @pytest.mark.parametrize("suffix", [".pth", ".pkl"])
 def test_truncated_checkpoint_error_names_the_file(tmp_path, suffix):
     from ssb_det.checkpoint import atomic_torch_save, load_checkpoint_file

@@ -97,11 +97,7 @@ def test_handwritten_malicious_pkl_is_refused(tmp_path, marker, name):
 
 @pytest.mark.parametrize("protocol", [
     0, 2, 4,
-    pytest.param(5, marks=pytest.mark.xfail(
-        strict=True, raises=UnsafeCheckpointError, reason="false positive (issue 6 report): "
-        "protocol 5 (Python 3.14's default) pickles numpy arrays with "
-        "numpy._core.numeric._frombuffer, which the allow-list lacks; add it (and "
-        "numpy.core.numeric._frombuffer) in ssb_det/checkpoint.py, then remove this marker")),
+    5,
 ])
 def test_legitimate_detectron2_pkl_loads(tmp_path, protocol):
     weight = np.arange(4, dtype=np.float32).reshape(2, 2)
@@ -151,10 +147,6 @@ def test_malicious_pth_is_refused_without_running(tmp_path, marker, monkeypatch,
         SSBCheckpointer(torch.nn.Linear(2, 2)).load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="vulnerability (issue 6 report): SSBCheckpointer hands "
-                   ".pyth (pycls) files to DetectionCheckpointer, whose torch.load(f) has no "
-                   "weights_only, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (or torch < 2.6) runs "
-                   "the pickle. Fix: load .pyth with load_pth in ssb_det/checkpoint.py")
 def test_malicious_pyth_is_refused_even_with_unsafe_torch_default(tmp_path, marker, monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     path = str(tmp_path / "evil.pyth")

@@ -387,8 +387,13 @@ class SaliencySampler(nn.Module):
         n, g = x.shape[0], self.grid_size
         if self.uniform:
             return _grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
-        # Pool in float32 (not in the features' half precision), then go to grid precision.
-        logits = F.adaptive_avg_pool2d(self.saliency_conv(x).float(), (g, g))
+        # A 1x1 conv without bias commutes with average pooling, so pool the features first
+        # and run the conv on the G x G map: f*G*G MACs instead of f*H*W, and the conv can
+        # run in float32 (half-precision logits overflow for large weights; autocast is off
+        # here, so features and weight must agree on a dtype anyway).
+        dtype = torch.promote_types(x.dtype, torch.float32)  # half -> float32; float64 stays
+        pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
+        logits = F.conv2d(pooled, self.saliency_conv.weight.to(dtype))
         logits = _grid_dtype(logits).flatten(1)
         return torch.softmax(logits, dim=1).view(n, g, g)
 
