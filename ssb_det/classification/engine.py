@@ -316,6 +316,8 @@ class ClassificationTrainer:
         self.start_iter = 0
         self.samples_seen = 0
         self.output_dir = cfg.OUTPUT_DIR
+        if self.rank == 0:
+            os.makedirs(self.output_dir, exist_ok=True)
         self.writer = _MetricsWriter(self.output_dir, self.rank == 0)
 
     # ----------------------------------------------------------------- checkpoints
@@ -466,7 +468,7 @@ class ClassificationTrainer:
         result = self.evaluate()
         result["samples_seen"] = self.samples_seen
         self.writer.write(max(self.max_iter, self.start_iter),
-                          {f"val/{k}": v for k, v in result.items()})
+                          {f"val/{k}": v for k, v in result.items() if k != "samples_seen"})
         self.writer.close()
         if self.rank == 0:
             logger.info(f"final evaluation: {json.dumps(result)}")
