@@ -1,0 +1,414 @@
+"""Export SSB-ResNet backbones and detectors to TorchScript (trace) and ONNX, with parity checks.
+
+Detectron2 v0.6 cannot import ``detectron2.export`` (it needs caffe2), so this module uses
+PyTorch's own exporters, ``torch.jit.trace`` and ``torch.onnx.export`` (the TorchScript-based
+exporter, ``dynamo=False``: the dynamo exporter needs ``onnxscript``), around two thin
+wrappers: :class:`BackboneExport` (features as a tuple) and :class:`DetectorExport`
+(a ``GeneralizedRCNN`` on one image -> boxes, scores, classes[, masks]).
+
+Fixed input size. The SSB sampler computes its sampled size ``round(r * H)`` and its pixel
+lattices from the input size in Python, so a trace is valid for the traced ``H x W`` only.
+The TorchScript file is therefore a scripted guard that raises a clear error for another
+size (without it, a trace silently computes wrong features), and the ONNX graph has a
+static input shape (onnxruntime rejects other shapes). Export once per deployment size.
+
+ONNX (opset >= 16, for GridSample). PyTorch's exporter lacks, or onnxruntime lacks kernels
+for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
+*standard* ATen ops while exporting, without touching the sampler's code:
+
+- ``aten::searchsorted`` (inverse of the separable map): not exportable; written as a count
+  of knots ``<=`` (``right=True``) or ``<`` each query, which equals searchsorted on sorted
+  knots.
+- ``aten::adaptive_avg_pool2d`` (saliency pooled to ``G x G``): exportable only when ``G``
+  divides the input size; written as two averaging matrices, ``P_h @ x @ P_w^T``, built in
+  the graph from the runtime size (PyTorch's exact adaptive bins).
+- ``aten::_convolution`` and ``aten::grid_sampler`` on float64 (the grid is computed in
+  float64): valid ONNX, but onnxruntime's CPU kernels are float32-only; run in float32
+  between two Casts. This costs the grid its float64 precision (parity ~1e-6 relative).
+
+``python tools/export_model.py --help`` is the command line; docs/reliability.md lists what
+was verified.
+"""
+import contextlib
+import logging
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+from unittest import mock
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "MIN_OPSET",
+    "DEFAULT_OPSET",
+    "BackboneExport",
+    "DetectorExport",
+    "onnx_symbolics",
+    "export_torchscript",
+    "export_onnx",
+    "run_onnx",
+    "max_abs_diffs",
+    "export_from_config",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 16  # GridSample (the non-separable sampler) and LessOrEqual on all types
+DEFAULT_OPSET = 17
+
+
+# ------------------------------------------------------------------------------------ wrappers
+
+
+class BackboneExport(nn.Module):
+    """A Detectron2 backbone returning its features as a tuple (exporters need tensors).
+
+    Args:
+        backbone (Backbone): e.g. an SSB-ResNet or its FPN.
+
+    Attributes:
+        output_names (list[str]): feature names, in output order (increasing stride).
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        shapes = backbone.output_shape()
+        self.output_names = sorted(shapes, key=lambda k: (shapes[k].stride, k))
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        features = self.backbone(images)
+        return tuple(features[name] for name in self.output_names)
+
+
+# Detectron2 modules that split per-image outputs with ``len(instances)``: an int at trace
+# time, so a trace would replay the traced image's detection counts on every image (wrong
+# boxes, or a crash). ``obj.__len__()`` keeps the traced size computation; this is what
+# ``detectron2.export.torchscript_patch.patch_builtin_len`` does in Detectron2 versions
+# whose ``detectron2.export`` imports.
+_LEN_PATCHED_MODULES = (
+    "detectron2.modeling.roi_heads.fast_rcnn",
+    "detectron2.modeling.roi_heads.mask_head",
+    "detectron2.modeling.roi_heads.keypoint_head",
+)
+
+
+@contextlib.contextmanager
+def _trace_friendly_len():
+    with contextlib.ExitStack() as stack:
+        for module in _LEN_PATCHED_MODULES:
+            stack.enter_context(mock.patch(module + ".len", side_effect=lambda obj: obj.__len__(),
+                                           create=True))
+        yield
+
+
+class DetectorExport(nn.Module):
+    """A ``GeneralizedRCNN`` (Faster/Mask R-CNN) on one image, returning plain tensors.
+
+    The input is one ``(C, H, W)`` float image in the model's ``INPUT.FORMAT`` and pixel
+    range (what ``DefaultPredictor`` feeds after resizing). Outputs are in that image's
+    coordinates (no rescaling to an original size): ``boxes (R, 4)`` XYXY, ``scores (R,)``,
+    ``classes (R,)`` and, with a mask head, ``masks (R, 1, M, M)`` mask probabilities.
+
+    Args:
+        model (GeneralizedRCNN): in eval mode.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from detectron2.modeling import GeneralizedRCNN
+
+        if not isinstance(model, GeneralizedRCNN):
+            raise TypeError(
+                f"DetectorExport wraps a GeneralizedRCNN (Faster/Mask R-CNN); got "
+                f"{type(model).__name__}. Export its backbone with BackboneExport instead."
+            )
+        self.model = model
+        self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
+        self.output_names = ["boxes", "scores", "classes"] + (["masks"] if self.mask_on else [])
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        with _trace_friendly_len():
+            instances = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        out = (instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
+        if self.mask_on:
+            out = out + (instances.pred_masks,)
+        return out
+
+
+class _FixedSizeGuard(nn.Module):
+    """Scripted around a trace: refuses inputs whose last two dims differ from the trace's."""
+
+    def __init__(self, traced: nn.Module, size: List[int]):
+        super().__init__()
+        self.traced = traced
+        self.size = size
+
+    def forward(self, x: torch.Tensor):
+        if x.shape[-2] != self.size[0] or x.shape[-1] != self.size[1]:
+            raise RuntimeError(
+                "ssb_det export: input size " + str(x.shape[-2]) + "x" + str(x.shape[-1])
+                + " differs from the size this model was traced for, " + str(self.size[0])
+                + "x" + str(self.size[1]) + " (the SSB sampling lattice is fixed at export); "
+                "pad/resize the input to that size or export again for this size"
+            )
+        return self.traced(x)
+
+
+# ------------------------------------------------------------------------------- ONNX rules
+
+
+def _symbolic_searchsorted(g, sorted_sequence, values, out_int32, right, side, sorter):
+    from torch.onnx import symbolic_helper as sh
+
+    if not sh._is_none(sorter):
+        raise RuntimeError("ssb_det ONNX export: searchsorted with a sorter is not supported")
+    right = bool(sh._maybe_get_const(right, "b"))
+    if not sh._is_none(side):
+        right = sh._maybe_get_const(side, "s") == "right"
+    knots = sh._unsqueeze_helper(g, sorted_sequence, [-2])  # (..., 1, K)
+    queries = sh._unsqueeze_helper(g, values, [-1])  # (..., L, 1)
+    below = g.op("LessOrEqual" if right else "Less", knots, queries)  # (..., L, K)
+    index = g.op("ReduceSum", g.op("Cast", below, to_i=7),  # int64
+                 g.op("Constant", value_t=torch.tensor([-1], dtype=torch.long)), keepdims_i=0)
+    if sh._maybe_get_const(out_int32, "b"):
+        index = g.op("Cast", index, to_i=6)  # int32
+    return index
+
+
+def _adaptive_bins(g, x, axis: int, bins: int):
+    """``(bins, L)`` averaging matrix of PyTorch's adaptive pooling along ``axis`` of ``x``:
+    bin ``i`` averages ``[floor(i L / bins), ceil((i + 1) L / bins))``."""
+    def const(v):
+        return g.op("Constant", value_t=torch.tensor(v, dtype=torch.long))
+
+    length = g.op("Gather", g.op("Shape", x), const(axis), axis_i=0)  # scalar int64
+    i = const(list(range(bins)))
+    start = g.op("Div", g.op("Mul", i, length), const(bins))
+    end = g.op("Div", g.op("Add", g.op("Mul", g.op("Add", i, const(1)), length), const(bins - 1)),
+               const(bins))
+    j = g.op("Unsqueeze", g.op("Range", const(0), length, const(1)), const([0]))  # (1, L)
+    start, end = g.op("Unsqueeze", start, const([1])), g.op("Unsqueeze", end, const([1]))
+    inside = g.op("And", g.op("GreaterOrEqual", j, start), g.op("Less", j, end))  # (bins, L)
+    return g.op("Div", g.op("CastLike", inside, x), g.op("CastLike", g.op("Sub", end, start), x))
+
+
+def _symbolic_adaptive_avg_pool2d(g, x, output_size):
+    from torch.onnx import symbolic_helper as sh
+
+    gh, gw = sh._maybe_get_const(output_size, "is")
+    pool_h = _adaptive_bins(g, x, -2, gh)  # (gh, H)
+    pool_w = _adaptive_bins(g, x, -1, gw)  # (gw, W)
+    return g.op("MatMul", g.op("MatMul", pool_h, x), g.op("Transpose", pool_w, perm_i=[1, 0]))
+
+
+def _is_double(value) -> bool:
+    return value.type().scalarType() == "Double"
+
+
+def _symbolic_convolution(g, input, weight, bias, *args):
+    from torch.onnx import symbolic_helper as sh
+    from torch.onnx import symbolic_opset9
+
+    if not _is_double(input):
+        return symbolic_opset9._convolution(g, input, weight, bias, *args)
+
+    def to_float(v):
+        return v if sh._is_none(v) else g.op("Cast", v, to_i=1)
+
+    out = symbolic_opset9._convolution(g, to_float(input), to_float(weight), to_float(bias), *args)
+    return g.op("Cast", out, to_i=11)  # back to float64
+
+
+def _symbolic_grid_sampler(g, input, grid, *args):
+    from torch.onnx import symbolic_opset16
+
+    if not (_is_double(input) or _is_double(grid)):
+        return symbolic_opset16.grid_sampler(g, input, grid, *args)
+    out = symbolic_opset16.grid_sampler(g, g.op("Cast", input, to_i=1), g.op("Cast", grid, to_i=1),
+                                        *args)
+    return g.op("Cast", out, to_i=11) if _is_double(input) else out
+
+
+_SYMBOLICS = {
+    "aten::searchsorted": _symbolic_searchsorted,
+    "aten::adaptive_avg_pool2d": _symbolic_adaptive_avg_pool2d,
+    "aten::_convolution": _symbolic_convolution,
+    "aten::grid_sampler": _symbolic_grid_sampler,
+}
+
+
+@contextlib.contextmanager
+def onnx_symbolics(opset: int):
+    """Register this module's ONNX export rules for ``opset`` while in the context.
+
+    Registered at the target opset itself, so they take precedence over PyTorch's rules for
+    that opset, and removed afterwards (the registry is global).
+    """
+    from torch.onnx import register_custom_op_symbolic, unregister_custom_op_symbolic
+
+    for name, fn in _SYMBOLICS.items():
+        register_custom_op_symbolic(name, fn, opset)
+    try:
+        yield
+    finally:
+        for name in _SYMBOLICS:
+            unregister_custom_op_symbolic(name, opset)
+
+
+# ------------------------------------------------------------------------------ exporting
+
+
+def _as_tuple(outputs) -> Tuple[torch.Tensor, ...]:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+@torch.no_grad()
+def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional[str] = None):
+    """Trace ``wrapper`` on ``example`` and wrap the trace in a fixed-size guard.
+
+    Args:
+        wrapper (nn.Module): :class:`BackboneExport` or :class:`DetectorExport`, in eval mode.
+        example (Tensor): the input the trace is specialised to.
+        path (str or None): where to save the ``.pt`` file (``torch.jit.save``).
+
+    Returns:
+        torch.jit.ScriptModule: the guarded trace.
+    """
+    traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    guarded = torch.jit.script(_FixedSizeGuard(traced, [int(example.shape[-2]), int(example.shape[-1])]))
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Written to a temporary name and renamed: no truncated file if interrupted.
+        tmp = path + ".tmp"
+        guarded.save(tmp)
+        os.replace(tmp, path)
+    return guarded
+
+
+@torch.no_grad()
+def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int = DEFAULT_OPSET,
+                input_name: str = "images") -> str:
+    """Export ``wrapper`` to ONNX with a static input shape (that of ``example``).
+
+    Args:
+        wrapper (nn.Module): :class:`BackboneExport` or :class:`DetectorExport`, in eval mode.
+        example (Tensor): the example input.
+        path (str): the ``.onnx`` file to write.
+        opset (int): ONNX opset, at least :data:`MIN_OPSET`.
+        input_name (str): name of the graph input.
+
+    Returns:
+        str: ``path``.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"ONNX export of SSB models needs opset >= {MIN_OPSET} (GridSample); "
+                         f"got {opset}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with onnx_symbolics(opset):
+        torch.onnx.export(wrapper, (example,), tmp, opset_version=opset, dynamo=False,
+                          input_names=[input_name], output_names=list(wrapper.output_names))
+    os.replace(tmp, path)
+    return path
+
+
+def run_onnx(path: str, example: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Run an exported graph with onnxruntime (CPU) on ``example``."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, {name: example.numpy()}))
+
+
+def max_abs_diffs(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor]) -> List[float]:
+    """Max absolute difference per output; ``inf`` where the shapes differ (e.g. another
+    number of detections)."""
+    if len(reference) != len(other):
+        raise ValueError(f"{len(reference)} reference outputs but {len(other)} to compare")
+    diffs = []
+    for ref, out in zip(reference, other):
+        if tuple(ref.shape) != tuple(out.shape):
+            diffs.append(math.inf)
+        elif ref.numel() == 0:
+            diffs.append(0.0)
+        else:
+            diffs.append((ref.double() - out.double()).abs().max().item())
+    return diffs
+
+
+# ------------------------------------------------------------------------- from a config
+
+
+def _example_input(cfg, model, what: str, size: Sequence[int], batch: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = int(size[0]), int(size[1])
+    if what == "backbone":
+        div = max(int(model.backbone.size_divisibility), 1)
+        h, w = math.ceil(h / div) * div, math.ceil(w / div) * div  # FPN needs divisible sizes
+        image = torch.rand(batch, 3, h, w, generator=gen) * 255
+        return (image - model.pixel_mean) / model.pixel_std  # what the backbone sees
+    return torch.rand(3, h, w, generator=gen) * 255
+
+
+def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone", "detector"),
+                       formats: Sequence[str] = ("torchscript", "onnx"),
+                       input_size: Sequence[int] = (320, 448), batch: int = 1,
+                       opset: int = DEFAULT_OPSET, seed: int = 0) -> List[Dict]:
+    """Build the model of ``cfg`` (weights from ``MODEL.WEIGHTS``), export it, check parity.
+
+    Args:
+        cfg (CfgNode): a detector config (``MODEL.SSB`` present); ``MODEL.DEVICE`` should be
+            ``cpu``.
+        output_dir (str): where ``backbone.pt``, ``backbone.onnx``, ``detector.pt``,
+            ``detector.onnx`` are written.
+        what (Sequence[str]): ``"backbone"`` (the model's backbone, FPN included) and/or
+            ``"detector"`` (Faster/Mask R-CNN, batch 1).
+        formats (Sequence[str]): ``"torchscript"`` and/or ``"onnx"``.
+        input_size (Sequence[int]): ``(H, W)`` of the example; rounded up to the backbone's
+            size divisibility for ``"backbone"``.
+        batch (int): batch size of the backbone example.
+        opset (int): ONNX opset.
+        seed (int): seed of the random example image.
+
+    Returns:
+        list[dict]: one row per export: ``what``, ``format``, ``path``, ``outputs`` (names),
+        ``max_abs_diff`` (per output, vs eager PyTorch) and ``max_abs_ref`` (per output).
+    """
+    from detectron2.modeling import build_model
+
+    from .checkpoint import SSBCheckpointer
+
+    unknown = set(what) - {"backbone", "detector"} | set(formats) - {"torchscript", "onnx"}
+    if unknown:
+        raise ValueError(f"unknown export targets/formats: {sorted(unknown)}")
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        SSBCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    rows = []
+    for target in what:
+        wrapper = BackboneExport(model.backbone) if target == "backbone" else DetectorExport(model)
+        wrapper.eval()
+        example = _example_input(cfg, model, target, input_size, batch, seed)
+        with torch.no_grad():
+            reference = _as_tuple(wrapper(example))
+        for fmt in formats:
+            if fmt == "torchscript":
+                path = os.path.join(output_dir, f"{target}.pt")
+                module = export_torchscript(wrapper, example, path)
+                with torch.no_grad():
+                    outputs = _as_tuple(module(example))
+            else:
+                path = export_onnx(wrapper, example, os.path.join(output_dir, f"{target}.onnx"), opset)
+                outputs = run_onnx(path, example)
+            diffs = max_abs_diffs(reference, outputs)
+            rows.append(dict(what=target, format=fmt, path=path, outputs=list(wrapper.output_names),
+                             input_shape=tuple(example.shape), max_abs_diff=diffs,
+                             max_abs_ref=[r.abs().max().item() if r.numel() else 0.0
+                                          for r in reference]))
+            logger.info(f"exported {target} to {path}: max |diff| vs eager "
+                        + ", ".join(f"{n} {d:.3g}" for n, d in zip(wrapper.output_names, diffs)))
+    return rows

@@ -1,0 +1,260 @@
+"""TorchScript and ONNX export of SSB backbones and detectors, with parity against eager
+PyTorch (onnxruntime for ONNX) (issue 6, "Export")."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from detectron2 import model_zoo
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from torch import nn
+
+import ssb_det
+from ssb_det import ssb_resnet
+from ssb_det.export import (
+    MIN_OPSET,
+    BackboneExport,
+    DetectorExport,
+    export_onnx,
+    export_torchscript,
+    max_abs_diffs,
+    onnx_symbolics,
+    run_onnx,
+)
+from ssb_det.layers import SaliencySampler
+from ssb_det.modeling import SSBBottleneckBlock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def non_uniform_saliency(model, std=0.05):
+    """Non-zero saliency convs (zero ones sample uniformly and would test little)."""
+    gen = torch.Generator().manual_seed(1)
+    n = 0
+    for m in model.modules():
+        if isinstance(m, SaliencySampler) and not m.uniform:
+            m.saliency_conv.weight.data.copy_(torch.randn(m.saliency_conv.weight.shape, generator=gen) * std)
+            n += 1
+    assert n > 0
+    return model
+
+
+def narrow_backbone(**kwargs):
+    torch.manual_seed(0)
+    host = kwargs.pop("host", "resnet")
+    model = ssb_resnet(depth=50, host=host, norm="BN", stem_out_channels=8, stem_width=8,
+                       res2_out_channels=16, width_per_group=4, stride_in_1x1=host == "resnet",
+                       **kwargs)
+    return non_uniform_saliency(model).eval()
+
+
+def assert_close_relative(reference, outputs, rtol):
+    diffs = max_abs_diffs(reference, outputs)
+    for ref, diff in zip(reference, diffs):
+        assert diff <= rtol * max(ref.abs().max().item(), 1.0), (diff, ref.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The whole depth-50 SSB-ResNet (11 SSB blocks), narrow so that export takes seconds."""
+    return BackboneExport(narrow_backbone()).eval()
+
+
+def test_torchscript_backbone_parity_and_size_guard(backbone, tmp_path):
+    example = torch.randn(2, 3, 64, 96)
+    path = str(tmp_path / "backbone.pt")
+    export_torchscript(backbone, example, path)
+    loaded = torch.jit.load(path)  # the file we just wrote
+    other = torch.randn(2, 3, 64, 96)  # same size, other content: the trace is not a replay
+    with torch.no_grad():
+        for x in (example, other):
+            assert_close_relative(backbone(x), loaded(x), rtol=1e-5)
+        with pytest.raises(Exception, match="differs from the size this model was traced for"):
+            loaded(torch.randn(2, 3, 96, 64))
+
+
+def test_onnx_backbone_parity_with_onnxruntime(backbone, tmp_path):
+    example = torch.randn(1, 3, 64, 96)
+    path = export_onnx(backbone, example, str(tmp_path / "backbone.onnx"), opset=17)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    assert [o.name for o in graph.graph.output] == backbone.output_names
+    other = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for x in (example, other):
+            assert_close_relative(backbone(x), run_onnx(path, x), rtol=1e-5)
+    with pytest.raises(Exception, match="invalid dimensions"):
+        run_onnx(path, torch.randn(1, 3, 32, 96))
+
+
+class _Blocks(nn.Module):
+    """Two SSB blocks in a row (the second samples the first's output), for the variants."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.Sequential(*[
+            SSBBottleneckBlock(32, 32, bottleneck_channels=8, norm="BN", **kwargs)
+            for _ in range(2)])
+        self.output_names = ["y"]
+        non_uniform_saliency(self, std=0.5)
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(), dict(separable=False), dict(inverse_position="before_conv3"), dict(se_ratio=0.25),
+    dict(sampling_ratio=0.3, grid_size=5, grid_padding=4, kernel_sigma=1.5)],
+    ids=["separable", "non-separable", "before_conv3", "se", "ratio0.3-grid5"])
+def test_ssb_block_variants_export_with_parity(tmp_path, variant):
+    module = _Blocks(**variant).eval()
+    example, other = torch.randn(2, 32, 23, 37), torch.randn(2, 32, 23, 37)
+    path = export_onnx(module, example, str(tmp_path / "b.onnx"), opset=MIN_OPSET)
+    scripted = export_torchscript(module, example)
+    with torch.no_grad():
+        for x in (example, other):
+            reference = (module(x),)
+            assert_close_relative(reference, run_onnx(path, x), rtol=1e-5)
+            assert_close_relative(reference, (scripted(x),), rtol=1e-6)
+
+
+def test_onnx_opset_below_16_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="opset >= 16"):
+        export_onnx(BackboneExport(narrow_backbone()), torch.randn(1, 3, 32, 32),
+                    str(tmp_path / "x.onnx"), opset=15)
+
+
+def test_export_rules_are_unregistered_afterwards():
+    # The ONNX registry is global: after export, PyTorch's own (failing) rule is back.
+    from torch.onnx import symbolic_helper  # noqa: F401 (loads the registry)
+    from torch.onnx._internal.torchscript_exporter import registration
+
+    with onnx_symbolics(17):
+        assert registration.registry.is_registered_op("aten::searchsorted", 17)
+    assert not registration.registry.is_registered_op("aten::searchsorted", 17)
+
+
+class _Searchsorted(nn.Module):
+    def __init__(self, right):
+        super().__init__()
+        self.right = right
+
+    def forward(self, knots, queries):
+        return torch.searchsorted(knots, queries, right=self.right)
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_searchsorted_rule_equals_torch_including_ties(tmp_path, right):
+    knots = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.1, 0.2, 0.9, 1.0]])
+    queries = torch.tensor([[0.0, 0.25, 0.3, 1.0, 0.99, -1.0], [0.2, 0.15, 0.9, 0.95, 2.0, 0.0]])
+    path = str(tmp_path / "s.onnx")
+    with onnx_symbolics(17):
+        torch.onnx.export(_Searchsorted(right), (knots, queries), path, opset_version=17,
+                          dynamo=False, input_names=["k", "q"])
+    import onnxruntime
+
+    out = onnxruntime.InferenceSession(path).run(None, {"k": knots.numpy(), "q": queries.numpy()})[0]
+    np.testing.assert_array_equal(out, torch.searchsorted(knots, queries, right=right).numpy())
+
+
+class _Pool(nn.Module):
+    def __init__(self, bins):
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, self.bins)
+
+
+@pytest.mark.parametrize("size,bins", [((1, 1), (31, 31)), ((20, 27), (7, 7)),
+                                       ((100, 33), (31, 31)), ((62, 93), (31, 31)), ((5, 3), (4, 6))])
+def test_adaptive_avg_pool_rule_equals_torch(tmp_path, size, bins):
+    x = torch.randn(2, 3, *size)
+    path = str(tmp_path / "p.onnx")
+    with onnx_symbolics(17):
+        torch.onnx.export(_Pool(bins), (x,), path, opset_version=17, dynamo=False,
+                          input_names=["x"])
+    out = run_onnx(path, x)[0]
+    torch.testing.assert_close(out, torch.nn.functional.adaptive_avg_pool2d(x, bins),
+                               rtol=1e-5, atol=1e-6)
+
+
+def tiny_rcnn_cfg(zoo="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"):
+    cfg = get_cfg()
+    ssb_det.add_ssb_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file(zoo))
+    cfg.merge_from_list([
+        "MODEL.BACKBONE.NAME", "build_ssb_resnet_fpn_backbone", "MODEL.DEVICE", "cpu",
+        "MODEL.WEIGHTS", "", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+        # No cap: the number of detections then varies from image to image.
+        "TEST.DETECTIONS_PER_IMAGE", "1000",
+    ])
+    return cfg
+
+
+@pytest.mark.slow
+def test_whole_mask_rcnn_exports_and_matches_eager_on_other_images(tmp_path):
+    torch.manual_seed(0)
+    model = non_uniform_saliency(build_model(tiny_rcnn_cfg()).eval(), std=1e-3)
+    wrapper = DetectorExport(model).eval()
+    assert wrapper.output_names == ["boxes", "scores", "classes", "masks"]
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(3, 64, 96, generator=gen) * 255
+    scripted = export_torchscript(wrapper, example, str(tmp_path / "detector.pt"))
+    onnx_path = export_onnx(wrapper, example, str(tmp_path / "detector.onnx"))
+    counts = set()
+    # Other images give other numbers of detections: a trace replaying the traced image's
+    # per-image counts (Detectron2's len() on Instances) would fail or mismatch here.
+    for scale in (1.0, 0.6, 0.2):
+        image = torch.rand(3, 64, 96, generator=gen) * 255 * scale
+        with torch.no_grad():
+            reference = wrapper(image)
+            counts.add(len(reference[0]))
+            assert max_abs_diffs(reference, scripted(image)) == [0.0] * 4
+            onnx_out = run_onnx(onnx_path, image)
+        diffs = max_abs_diffs(reference, onnx_out)
+        assert diffs[0] < 0.05 and diffs[1] < 1e-3 and diffs[3] < 1e-2, diffs  # px, prob, prob
+        assert torch.equal(reference[2], onnx_out[2].to(reference[2].dtype))  # classes
+    assert len(counts) > 1, "the test images should give different numbers of detections"
+
+
+def test_detector_export_refuses_other_meta_architectures():
+    cfg = tiny_rcnn_cfg("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_retinanet_resnet_fpn_backbone"
+    model = build_model(cfg)
+    with pytest.raises(TypeError, match="GeneralizedRCNN"):
+        DetectorExport(model)
+    BackboneExport(model.backbone)  # its backbone exports as any other
+
+
+@pytest.mark.slow
+def test_export_model_cli(tmp_path):
+    config = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
+    out = tmp_path / "export"
+    report = tmp_path / "parity.json"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
+           "--output", str(out), "--what", "backbone", "--input-size", "50", "70",
+           "--json", str(report), "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+           "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+           "MODEL.FPN.OUT_CHANNELS", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max |exported - eager|" in proc.stdout
+    rows = json.loads(report.read_text())
+    assert [(r["what"], r["format"]) for r in rows] == [("backbone", "torchscript"), ("backbone", "onnx")]
+    for row in rows:
+        assert os.path.isfile(row["path"])
+        assert row["input_shape"] == [1, 3, 64, 96]  # rounded up to size_divisibility 32
+        assert row["outputs"] == ["p2", "p3", "p4", "p5", "p6"]
+        for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
+            assert diff <= 1e-5 * max(ref, 1.0)
