@@ -271,6 +271,26 @@ def test_backbone_trains_a_step_under_cpu_autocast():
         assert p.grad is None or torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_block_under_cuda_autocast_with_extreme_saliency(separable, scale, dtype):
+    block = _extreme_block(scale, separable).cuda().train()
+    x = torch.randn(2, 32, 29, 43, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
+        a = torch.relu(block.conv1(x))
+        assert a.dtype == dtype
+        grid = block.sampler(a)
+        y = block(x)
+    _assert_grid_finite_and_inside(grid, 29, 43)
+    assert torch.isfinite(y).all()
+    y.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in block.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
 # ----------------------------------------------------------------------------- config, weights
 
 
