@@ -21,8 +21,9 @@ Non-separable grid (option). The 2-D Recasens formula gives ``(u, v)`` knots on 
 The grid is always computed in float64 (float32 on MPS), whatever the features' dtype, so reduced precision
 and extreme saliency logits cannot make it leave the image or turn non-finite.
 """
+import functools
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ __all__ = [
     "interp_knots",
     "invert_knots",
     "linear_resample",
+    "separable_resample",
 ]
 
 # Share of a uniform distribution mixed into the saliency marginals. It keeps every
@@ -97,6 +99,28 @@ def _floor_marginal(m: torch.Tensor) -> torch.Tensor:
     return m * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / m.shape[-1]
 
 
+@functools.lru_cache(maxsize=64)
+def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
+    """``(G, G)`` matrices of the two kernel sums of the 1-D Recasens formula.
+
+    With the marginal replicate-padded by ``P`` cells, ``den[p] = sum_t k[t] m_pad[p + t]``
+    and ``num[p] = sum_t k[t] d[t] m_pad[p + t]`` (``t`` over the ``2P + 1`` kernel taps,
+    ``d[t] = (t - P) / G`` the offset of the tap). A padded cell is a copy of the nearest
+    edge cell, so both are ``m @ A`` with ``A[q, p]`` the summed weights of the taps of output
+    ``p`` that read cell ``q``. Cached: they depend on the configuration only.
+    """
+    k = _gaussian_kernel(padding, sigma, device, dtype)
+    t = torch.arange(-padding, padding + 1, device=device)
+    src = (torch.arange(g, device=device)[:, None] + t[None, :]).clamp(0, g - 1)  # (p, t) -> q
+    den = torch.zeros(g, g, device=device, dtype=dtype)
+    num = torch.zeros(g, g, device=device, dtype=dtype)
+    cols = torch.arange(g, device=device)[:, None].expand_as(src)
+    den.index_put_((src.reshape(-1), cols.reshape(-1)), k.expand_as(src).reshape(-1), accumulate=True)
+    num.index_put_((src.reshape(-1), cols.reshape(-1)), (k * t.to(dtype) / g).expand_as(src).reshape(-1),
+                   accumulate=True)
+    return den, num
+
+
 def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> torch.Tensor:
     """1-D Recasens sampling map from a saliency marginal.
 
@@ -111,15 +135,15 @@ def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> tor
     """
     m = _floor_marginal(_grid_dtype(marginal))
     n, g = m.shape
-    p = int(padding)
-    m_pad = F.pad(m[:, None, :], (p, p), mode="replicate") if p > 0 else m[:, None, :]
-    k = _gaussian_kernel(p, sigma, m.device, m.dtype)
-    d = torch.arange(-p, p + 1, device=m.device, dtype=m.dtype) / g
     # u(p) = sum_q S(q) k(p-q) X(q) / sum_q S(q) k(p-q), written as the cell centre X(p) plus
     # the weighted mean offset X(q) - X(p): the same formula, but a uniform S gives an
     # offset that cancels to ~1e-9 instead of a ratio of sums rounded to ~1e-7.
-    den = F.conv1d(m_pad, k[None, None, :])[:, 0]
-    offset = F.conv1d(m_pad, (k * d)[None, None, :])[:, 0] / den
+    # Both sums are linear in S, so they are one small matrix product each (see
+    # _recasens_matrices): two ops instead of a pad and two convolutions, which matters on
+    # a CPU shared by other processes, where every multi-threaded op can stall.
+    den_mat, off_mat = _recasens_matrices(g, int(padding), float(sigma), m.device, m.dtype)
+    den = m @ den_mat
+    offset = (m @ off_mat) / den
     u = _pixel_centres(g, m.device, m.dtype) + offset  # phi at the cell centres, (N, G)
     c = _centres_to_corners(u, dim=1)
     # Pin the ends: an affine rescale keeps the map strictly increasing and inside the image
@@ -226,6 +250,81 @@ def linear_resample(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tenso
     return torch.lerp(x0, x1, w.view(wshape))
 
 
+# Output bytes per channel chunk of the CPU inference path of SeparableGrid.inverse_add_relu:
+# small enough for the intermediates to stay in cache and in the allocator's reused heap
+# (fresh large allocations cost page faults), large enough to keep the op count low.
+CPU_CHUNK_BYTES = 8 << 20
+
+
+def _interp_taps(pos: torch.Tensor, size: int):
+    """Taps of 1-D linear interpolation at pixel coordinates ``pos`` (``(N, L)``), clamped to
+    the axis like ``F.interpolate``: left index, right index, right weight (``pos``'s dtype)."""
+    pos = pos.clamp(0, size - 1)
+    left = pos.floor().clamp(max=max(size - 2, 0))
+    frac = pos - left
+    left = left.long()
+    right = (left + 1).clamp(max=size - 1)
+    return left, right, frac
+
+
+def _bag_inputs(taps, planes: int, size: int, dtype):
+    """``embedding_bag`` indices and weights interpolating ``planes`` planes per image.
+
+    The table is ``(N * planes * size, D)``: row ``(n, plane, i)`` is line ``i`` of a plane.
+    Output row ``(n, plane, l)`` is ``(1 - frac) * row(left) + frac * row(right)``.
+    """
+    left, right, frac = taps
+    n, length = left.shape
+    plane_start = torch.arange(0, n * planes * size, size, device=left.device)
+    idx = plane_start.view(n, planes, 1, 1) + torch.stack([left, right], -1)[:, None]
+    weights = torch.stack([1 - frac, frac], -1).to(dtype)[:, None]
+    return idx.view(-1, 2), weights.expand(n, planes, length, 2).reshape(-1, 2)
+
+
+def _resample_rows(table: torch.Tensor, bag) -> torch.Tensor:
+    """Rows of ``table`` (``(R, D)``) interpolated as ``bag`` says: ``(len(bag), D)``.
+
+    ``embedding_bag`` blends two contiguous rows per output row in one pass, which on CPU
+    runs at memory speed, unlike element-wise gathers.
+    """
+    idx, weights = bag
+    return F.embedding_bag(idx, table, per_sample_weights=weights, mode="sum")
+
+
+def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
+                       rows_first: bool) -> torch.Tensor:
+    """Resample ``x`` (``(N, C, H, W)``) to ``out_size`` with two 1-D linear interpolations.
+
+    Args:
+        x (Tensor): the feature map.
+        row_taps, col_taps: :func:`_interp_taps` of the row and column positions.
+        out_size (tuple[int, int]): ``(h, w)``.
+        rows_first (bool): interpolate rows (along H) first. Do first the pass that shrinks
+            or keeps the tensor small: rows first when sampling, columns first when
+            restoring.
+
+    Returns:
+        Tensor: ``(N, C, h, w)``, contiguous.
+    """
+    n, c, H, W = x.shape
+    h, w = out_size
+
+    def rows(t):  # (N, C, A, B) -> (N, C, h, B)
+        a, b = t.shape[2:]
+        out = _resample_rows(t.reshape(n * c * a, b), _bag_inputs(row_taps, c, a, t.dtype))
+        return out.view(n, c, h, b)
+
+    def cols(t):  # (N, C, A, B) -> (N, C, A, w) via the transposed map; returns that view
+        a, b = t.shape[2:]
+        table = t.transpose(2, 3).reshape(n * c * b, a)
+        out = _resample_rows(table, _bag_inputs(col_taps, c, b, t.dtype))
+        return out.view(n, c, w, a).transpose(2, 3)
+
+    if rows_first:
+        return cols(rows(x)).contiguous()
+    return rows(cols(x))
+
+
 class SeparableGrid:
     """A separable sampling map ``(phi_y, phi_x)`` between a full and a sampled size.
 
@@ -264,13 +363,48 @@ class SeparableGrid:
 
     def sample(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, C, h, w)``."""
+        (H, W), (h, w) = self.in_size, self.out_size
         ys, xs = self.sampling_positions()
-        return linear_resample(linear_resample(x, ys, 2), xs, 3)
+        return separable_resample(x, _interp_taps(ys, H), _interp_taps(xs, W), (h, w),
+                                  rows_first=True)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w) -> (N, C, H, W)``: puts sampled values back where they came from."""
+        (H, W), (h, w) = self.in_size, self.out_size
         ys, xs = self.inverse_positions()
-        return linear_resample(linear_resample(y, xs, 3), ys, 2)
+        return separable_resample(y, _interp_taps(ys, h), _interp_taps(xs, w), (H, W),
+                                  rows_first=False)
+
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
+
+        Same values as the unfused expression. In CPU inference (no gradient needed) it runs
+        over channel chunks of about ``CPU_CHUNK_BYTES`` of output, writing each sum straight
+        into the output: the restored map never exists at full size, and the intermediates
+        stay small enough for the cache and the allocator's reused memory.
+        """
+        needs_grad = torch.is_grad_enabled() and (
+            y.requires_grad or shortcut.requires_grad or self.knots_y.requires_grad
+            or self.knots_x.requires_grad)
+        if needs_grad or y.device.type != "cpu":
+            out = self.inverse(y)
+            out = out.add_(shortcut) if out.dtype == torch.result_type(out, shortcut) \
+                else out + shortcut
+            return out.relu_()
+        (H, W), (h, w) = self.in_size, self.out_size
+        ys, xs = self.inverse_positions()
+        row_taps, col_taps = _interp_taps(ys, h), _interp_taps(xs, w)
+        n, c = y.shape[:2]
+        out = torch.empty((n, c, H, W), device=y.device,
+                          dtype=torch.result_type(y, shortcut))
+        per_channel = max(n * H * W * out.element_size(), 1)
+        step = max(1, min(c, CPU_CHUNK_BYTES // per_channel))
+        for start in range(0, c, step):
+            stop = min(start + step, c)
+            part = separable_resample(y[:, start:stop], row_taps, col_taps, (H, W),
+                                      rows_first=False)
+            torch.add(part, shortcut[:, start:stop], out=out[:, start:stop])
+        return out.relu_()
 
 
 class NonSeparableGrid:
@@ -332,6 +466,10 @@ class NonSeparableGrid:
                             align_corners=False)
         return out.to(y.dtype)
 
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`."""
+        return torch.relu_(self.inverse(y) + shortcut)
+
 
 class SaliencySampler(nn.Module):
     """Predicts where to sample a feature map and builds the sampling grid.
@@ -387,13 +525,19 @@ class SaliencySampler(nn.Module):
         n, g = x.shape[0], self.grid_size
         if self.uniform:
             return _grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
-        # A 1x1 conv without bias commutes with average pooling, so pool the features first
-        # and run the conv on the G x G map: f*G*G MACs instead of f*H*W, and the conv can
-        # run in float32 (half-precision logits overflow for large weights; autocast is off
-        # here, so features and weight must agree on a dtype anyway).
-        dtype = torch.promote_types(x.dtype, torch.float32)  # half -> float32; float64 stays
-        pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
-        logits = F.conv2d(pooled, self.saliency_conv.weight.to(dtype))
+        # A 1x1 conv without bias commutes with average pooling, so either can come first.
+        # Half-precision features are pooled first and the conv runs on the G x G map in
+        # float32 (half-precision logits overflow for large weights). Float32/64 features are
+        # convolved first: the 1-channel conv reads the map once at memory speed, while
+        # pooling f channels into overlapping adaptive windows is several times slower.
+        weight = self.saliency_conv.weight
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if x.dtype in (torch.float32, torch.float64):
+                logits = F.adaptive_avg_pool2d(F.conv2d(x, weight.to(x.dtype)), (g, g))
+            else:
+                dtype = torch.promote_types(x.dtype, torch.float32)  # half -> float32
+                pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
+                logits = F.conv2d(pooled, weight.to(dtype))
         logits = _grid_dtype(logits).flatten(1)
         return torch.softmax(logits, dim=1).view(n, g, g)
 
@@ -404,17 +548,26 @@ class SaliencySampler(nn.Module):
             SeparableGrid or NonSeparableGrid: call ``.sample`` / ``.inverse`` on it.
         """
         H, W = x.shape[-2:]
-        out_size = self.out_size(H, W)
-        n, g = x.shape[0], self.grid_size
         with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.separable and self.uniform:
+                n, g = x.shape[0], self.grid_size
+                ky = kx = _grid_dtype(identity_knots(n, g, x.device))
+                return SeparableGrid(ky, kx, (H, W), self.out_size(H, W))
+            return self.grid_from_saliency(self.saliency(x), (H, W))
+
+    def grid_from_saliency(self, saliency: torch.Tensor, in_size: Tuple[int, int]):
+        """The sampling grid of a saliency distribution (what :meth:`forward` returns).
+
+        Args:
+            saliency (Tensor): ``(N, G, G)``, as :meth:`saliency` returns.
+            in_size (tuple[int, int]): full size ``(H, W)`` of the feature map.
+        """
+        H, W = in_size
+        out_size = self.out_size(H, W)
+        with torch.autocast(device_type=saliency.device.type, enabled=False):
             if self.separable:
-                if self.uniform:
-                    ky = kx = _grid_dtype(identity_knots(n, g, x.device))
-                else:
-                    s = self.saliency(x)
-                    ky = recasens_knots_1d(s.sum(dim=2), self.padding, self.sigma)
-                    kx = recasens_knots_1d(s.sum(dim=1), self.padding, self.sigma)
+                ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
+                kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
                 return SeparableGrid(ky, kx, (H, W), out_size)
-            s = self.saliency(x)
-            knots = recasens_knots_2d(s, self.padding, self.sigma)
+            knots = recasens_knots_2d(saliency, self.padding, self.sigma)
             return NonSeparableGrid(knots, (H, W), out_size, self.inverse_iters)

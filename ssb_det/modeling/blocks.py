@@ -142,11 +142,13 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         a = F.relu_(self.conv1(x))
         grid = self.sampler(a)
         b = F.relu_(self.conv2(grid.sample(a)))
+        shortcut = self._shortcut(x)
         if self.inverse_position == "after_conv3":
-            out = grid.inverse(self._residual_tail(self.conv3(b)))
-        else:
-            out = self._residual_tail(self.conv3(grid.inverse(b)))
-        out = out + self._shortcut(x)
+            # The restore, the residual add and the ReLU in one call: at full size these are
+            # memory passes, and the fused form makes fewer (see inverse_add_relu).
+            return grid.inverse_add_relu(self._residual_tail(self.conv3(b)), shortcut)
+        out = self._residual_tail(self.conv3(grid.inverse(b)))
+        out = out + shortcut
         return F.relu_(out)
 
 
