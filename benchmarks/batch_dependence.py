@@ -68,9 +68,10 @@ def randomise_saliency(model, image, logit_std: float, generator: torch.Generato
     stats = {}
 
     def hook(sampler):
-        def fn(module, inputs, output):
-            logits = F.adaptive_avg_pool2d(output.float(), sampler.grid_size)
-            stats[sampler] = logits.std().item()
+        def fn(module, inputs):
+            # The pooled logits, computed as the sampler does (pool, then the 1x1 conv).
+            pooled = F.adaptive_avg_pool2d(inputs[0].float(), sampler.grid_size)
+            stats[sampler] = F.conv2d(pooled, sampler.saliency_conv.weight.float()).std().item()
         return fn
 
     handles = []
@@ -79,7 +80,7 @@ def randomise_saliency(model, image, logit_std: float, generator: torch.Generato
             continue
         w = s.saliency_conv.weight
         w.data.copy_(torch.randn(w.shape, generator=generator))
-        handles.append(s.saliency_conv.register_forward_hook(hook(s)))
+        handles.append(s.register_forward_pre_hook(hook(s)))
     # Calibrate block by block: rescaling an earlier block changes later blocks' inputs.
     for s in samplers:
         if s.uniform:
