@@ -5,11 +5,14 @@ honour ``FREEZE_AT`` (``freeze()`` turns their BN into FrozenBN) and keep Detect
 parameter names (``conv1``, ``conv2``, ``conv3``, ``shortcut``), so an R-50 checkpoint loads
 into an SSB-R50 by name; only the saliency convs (``sampler.saliency_conv``) are new.
 """
+import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 from fvcore.nn import weight_init
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, SaliencySampler, SqueezeExcitation
+from ..layers import DropPath, SaliencySampler, SeparableGrid, SqueezeExcitation
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "RSStem", "INVERSE_POSITIONS"]
 
@@ -112,13 +115,19 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         inverse_position (str): ``"after_conv3"``: conv3 (and SE) run on the sampled map and
             the inverse restores ``4f`` channels; ``"before_conv3"``: the inverse restores
             the ``f``-channel 3x3 output and conv3 runs at full size.
+        memory_efficient (bool): when gradients are needed, keep only the inputs of the
+            sampling passes (and of conv3 + SE with ``"after_conv3"``, unless its norm
+            updates running statistics) for backward and recompute the rest there, instead
+            of storing the transposed and half-restored maps: training then stores less than
+            a plain bottleneck, for a small recomputation. Outputs and gradients are the
+            same either way.
     """
 
     def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, num_groups=1,
                  norm="BN", stride_in_1x1=False, dilation=1, se_ratio=0.0, avg_down=False,
                  drop_path=0.0, sampling_ratio=0.5, grid_size=31, grid_padding=30,
                  kernel_sigma=5.5, separable=True, uniform=False, inverse_iters=4,
-                 inverse_position="after_conv3"):
+                 inverse_position="after_conv3", memory_efficient=True):
         if stride != 1:
             raise ValueError(
                 f"SSBBottleneckBlock samples stride-1 blocks only (got stride={stride}); "
@@ -133,6 +142,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
                          dilation=dilation, se_ratio=se_ratio, avg_down=avg_down,
                          drop_path=drop_path)
         self.inverse_position = inverse_position
+        self.memory_efficient = bool(memory_efficient)
         self.sampler = SaliencySampler(
             bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
             sigma=kernel_sigma, separable=separable, uniform=uniform, inverse_iters=inverse_iters,
@@ -141,14 +151,54 @@ class SSBBottleneckBlock(RSBottleneckBlock):
     def forward(self, x):
         a = F.relu_(self.conv1(x))
         grid = self.sampler(a)
-        b = F.relu_(self.conv2(grid.sample(a)))
         shortcut = self._shortcut(x)
+        if self.memory_efficient and self._needs_grad(a, grid):
+            return self._forward_recomputing(a, grid, shortcut)
+        b = F.relu_(self.conv2(grid.sample(a)))
         if self.inverse_position == "after_conv3":
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
             return grid.inverse_add_relu(self._residual_tail(self.conv3(b)), shortcut)
         out = self._residual_tail(self.conv3(grid.inverse(b)))
         out = out + shortcut
+        return F.relu_(out)
+
+    @staticmethod
+    def _needs_grad(a, grid) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        knots = [getattr(grid, k) for k in ("knots_y", "knots_x", "knots") if hasattr(grid, k)]
+        return a.requires_grad or any(k.requires_grad for k in knots)
+
+    def _conv3_recomputable(self) -> bool:
+        # Recomputing a training-mode BatchNorm would update its running statistics twice.
+        return not any(isinstance(m, _BatchNorm) and m.training for m in self.conv3.modules())
+
+    def _restore_after_conv3(self, b, grid):
+        return grid.inverse(self._residual_tail(self.conv3(b)))
+
+    def _forward_recomputing(self, a, grid, shortcut):
+        """The same computation, with the sampling passes (and conv3) recomputed in backward
+        (``torch.utils.checkpoint``) instead of storing their intermediates."""
+        # Positions first, outside the recomputed segments: grids cache them, and a segment
+        # must save the same tensors when it is recomputed.
+        if isinstance(grid, SeparableGrid):
+            grid.sampling_positions()
+            grid.inverse_positions()
+        s = checkpoint(grid.sample, a, use_reentrant=False)
+        b = F.relu_(self.conv2(s))
+        if self.inverse_position == "after_conv3":
+            if self._conv3_recomputable():
+                out = checkpoint(self._restore_after_conv3, b, grid, use_reentrant=False)
+            else:
+                out = checkpoint(grid.inverse, self._residual_tail(self.conv3(b)),
+                                 use_reentrant=False)
+        else:
+            out = self._residual_tail(self.conv3(checkpoint(grid.inverse, b,
+                                                            use_reentrant=False)))
+        # In place when the dtypes allow (as Detectron2's blocks do): no second full-size map.
+        out = out.add_(shortcut) if out.dtype == torch.result_type(out, shortcut) \
+            else out + shortcut
         return F.relu_(out)
 
 
