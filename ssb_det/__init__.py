@@ -16,6 +16,7 @@ from .modeling import (  # noqa: E402
     build_ssb_retinanet_resnet_fpn_backbone,
     ssb_resnet,
 )
+from . import data  # noqa: F401,E402  registers ssb_shapes_train/val
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,4 @@
+"""Training, evaluation and demo logic behind ``tools/train_net.py`` and ``tools/demo.py``."""
+from .train import EVAL_RESULTS_FILE, Trainer, main, setup
+
+__all__ = ["EVAL_RESULTS_FILE", "Trainer", "main", "setup"]

@@ -1,0 +1,157 @@
+"""Training and evaluation: Detectron2's ``DefaultTrainer`` flow with SSB configs.
+
+``tools/train_net.py`` is ``launch(main, ...)`` over the functions here, exactly as
+Detectron2's own ``tools/train_net.py``: the same flags (``--eval-only``, ``--resume``,
+``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``KEY VALUE`` opts),
+multi-GPU and multi-machine through Detectron2's ``launch`` (PyTorch DDP), Detectron2's hooks
+and writers (periodic checkpoints, ``metrics.json``, TensorBoard events, progress with ETA).
+What differs: every checkpoint goes through :class:`ssb_det.checkpoint.SSBCheckpointer`,
+evaluation uses pycocotools' COCOeval (:func:`ssb_det.compat.coco_evaluator`), datasets are
+checked (or generated) before anything is built, and the AP dict is also written to
+``OUTPUT_DIR/inference/eval_results.json``.
+"""
+import json
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.utils import comm
+
+from ..checkpoint import SSBCheckpointer, atomic_write_text
+from ..compat import coco_evaluator
+from ..config import add_ssb_config
+from ..data import check_datasets_available, prepare_dataset
+
+__all__ = ["Trainer", "setup", "main", "EVAL_RESULTS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+# Written under OUTPUT_DIR/inference/ after every evaluation: {dataset: {task: {metric: value}}}.
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with ``SSBCheckpointer`` and the pycocotools COCO evaluator.
+
+    Args:
+        cfg (CfgNode): a config from :func:`setup` (``MODEL.SSB`` present).
+    """
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ creates a DetectionCheckpointer and then calls build_hooks(),
+        # whose PeriodicCheckpointer saves through self.checkpointer: swap it here, keeping the
+        # same model, directory and checkpointables (the trainer, for iteration/optimizer/
+        # scheduler state), so saving, resuming and MODEL.WEIGHTS loading all use safe I/O.
+        if not isinstance(self.checkpointer, SSBCheckpointer):
+            old = self.checkpointer
+            self.checkpointer = SSBCheckpointer(
+                old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+            )
+        return super().build_hooks()
+
+    def state_dict(self):
+        # Checkpoints hold the optimizer (momentum buffers) so --resume continues the same
+        # run. Current Detectron2's DefaultTrainer stores it under "_trainer"; v0.6's stores
+        # only the iteration and hook states. setdefault keeps whichever the parent wrote.
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # idempotent where the parent already loaded it
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCO evaluation (boxes, and masks if the model predicts them) with pycocotools.
+
+        Args:
+            cfg (CfgNode): the config.
+            dataset_name (str): a registered dataset whose ``evaluator_type`` is ``"coco"``.
+            output_folder (str or None): where ``coco_instances_results.json`` goes; default
+                ``OUTPUT_DIR/inference/<dataset_name>``.
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+        if evaluator_type not in ("coco", "lvis"):
+            raise NotImplementedError(
+                f"no evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "
+                "ssb_det evaluates COCO-format detection/instance-segmentation datasets"
+            )
+        prepare_dataset(dataset_name)  # the evaluator reads the embedded dataset's JSON
+        return DatasetEvaluators([coco_evaluator(dataset_name, output_folder)])
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on ``cfg.DATASETS.TEST``; also writes the results to ``eval_results.json``.
+
+        Returns:
+            OrderedDict: ``{dataset: {"bbox": {"AP": ..., "AP50": ..., "AP-<class>": ...},
+            "segm": {...}}}``, or for a single dataset the inner dict (Detectron2's convention).
+        """
+        check_datasets_available(cfg.DATASETS.TEST)
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and cfg.OUTPUT_DIR and results:
+            # Detectron2 unwraps the dict of a single dataset; the file always has the level.
+            by_dataset = {cfg.DATASETS.TEST[0]: results} if len(cfg.DATASETS.TEST) == 1 else results
+            path = os.path.join(cfg.OUTPUT_DIR, "inference", EVAL_RESULTS_FILE)
+            atomic_write_text(json.dumps(by_dataset, indent=1, default=float), path)
+            logger.info(f"Evaluation results written to {path}")
+        return results
+
+
+def setup(args):
+    """Build the frozen config of a run and set up logging, seeding and ``OUTPUT_DIR``.
+
+    Args:
+        args (argparse.Namespace): from ``detectron2.engine.default_argument_parser()``:
+            ``config_file`` and ``opts`` (``KEY VALUE`` pairs) are merged in that order.
+            Unknown keys raise Detectron2's ``KeyError``.
+
+    Returns:
+        CfgNode: the frozen config.
+    """
+    cfg = get_cfg()
+    add_ssb_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    """Train (then evaluate), or with ``args.eval_only`` evaluate ``MODEL.WEIGHTS``.
+
+    Args:
+        args (argparse.Namespace): from ``default_argument_parser()``.
+
+    Returns:
+        The evaluation results (see :meth:`Trainer.test`); for a training run, those of the
+        final evaluation (empty if ``cfg.DATASETS.TEST`` is empty).
+
+    Raises:
+        ssb_det.data.DatasetNotFoundError: a dataset of the config has no files.
+    """
+    cfg = setup(args)
+    if args.eval_only:
+        check_datasets_available(cfg.DATASETS.TEST)
+        model = Trainer.build_model(cfg)
+        SSBCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+
+    check_datasets_available(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    return results if results is not None else OrderedDict()
