@@ -12,8 +12,8 @@ The TorchScript file is therefore a scripted guard that raises a clear error for
 size (without it, a trace silently computes wrong features), and the ONNX graph has a
 static input shape (onnxruntime rejects other shapes). Export once per deployment size.
 
-ONNX (opset >= 16, for GridSample). PyTorch's exporter lacks, or onnxruntime lacks kernels
-for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
+ONNX (opset >= 16, for GridSample). PyTorch's exporter lacks, gets wrong, or onnxruntime
+lacks kernels for, five operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
 *standard* ATen ops while exporting, without touching the sampler's code:
 
 - ``aten::searchsorted`` (inverse of the separable map): not exportable; written as a count
@@ -22,6 +22,10 @@ for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules 
 - ``aten::adaptive_avg_pool2d`` (saliency pooled to ``G x G``): exportable only when ``G``
   divides the input size; written as two averaging matrices, ``P_h @ x @ P_w^T``, built in
   the graph from the runtime size (PyTorch's exact adaptive bins).
+- ``aten::index_put`` with ``accumulate=True`` (the sampler's cached Recasens matrices are
+  built with it; under tracing the cache is keyed by a traced size and rebuilt in the
+  graph): PyTorch exports it as a ScatterND that keeps one of several writes to the same
+  index instead of summing them; written with opset 16's ``reduction="add"``.
 - ``aten::_convolution`` and ``aten::grid_sampler`` on float64 (the grid is computed in
   float64): valid ONNX, but onnxruntime's CPU kernels are float32-only; run in float32
   between two Casts. This costs the grid its float64 precision (parity ~1e-6 relative).
@@ -178,6 +182,10 @@ def _symbolic_searchsorted(g, sorted_sequence, values, out_int32, right, side, s
     return index
 
 
+# ONNX TensorProto element types of the floating-point dtypes pooling may see.
+_ONNX_FLOAT_TYPES = {"Float": 1, "Half": 10, "Double": 11, "BFloat16": 16}
+
+
 def _adaptive_bins(g, x, axis: int, bins: int):
     """``(bins, L)`` averaging matrix of PyTorch's adaptive pooling along ``axis`` of ``x``:
     bin ``i`` averages ``[floor(i L / bins), ceil((i + 1) L / bins))``."""
@@ -192,7 +200,8 @@ def _adaptive_bins(g, x, axis: int, bins: int):
     j = g.op("Unsqueeze", g.op("Range", const(0), length, const(1)), const([0]))  # (1, L)
     start, end = g.op("Unsqueeze", start, const([1])), g.op("Unsqueeze", end, const([1]))
     inside = g.op("And", g.op("GreaterOrEqual", j, start), g.op("Less", j, end))  # (bins, L)
-    return g.op("Div", g.op("CastLike", inside, x), g.op("CastLike", g.op("Sub", end, start), x))
+    to = _ONNX_FLOAT_TYPES[x.type().scalarType()]
+    return g.op("Div", g.op("Cast", inside, to_i=to), g.op("Cast", g.op("Sub", end, start), to_i=to))
 
 
 def _symbolic_adaptive_avg_pool2d(g, x, output_size):
@@ -232,8 +241,25 @@ def _symbolic_grid_sampler(g, input, grid, *args):
     return g.op("Cast", out, to_i=11) if _is_double(input) else out
 
 
+def _symbolic_index_put(g, self, indices, values, accumulate=False):
+    from torch.onnx import symbolic_helper as sh
+    from torch.onnx import symbolic_opset11
+
+    out = symbolic_opset11.index_put(g, self, indices, values, accumulate)
+    if sh._parse_arg(accumulate, "b"):
+        # PyTorch writes accumulate=True as Add(self, ScatterND(zeros, index, values)):
+        # without a reduction ScatterND keeps one of several writes to the same index, where
+        # index_put sums them. Opset 16 added reduction="add"; set it.
+        scatter = out.node().inputsAt(1).node()
+        if scatter.kind() != "onnx::ScatterND":
+            raise RuntimeError("ssb_det ONNX export: unexpected graph for index_put(accumulate=True)")
+        scatter.s_("reduction", "add")
+    return out
+
+
 _SYMBOLICS = {
     "aten::searchsorted": _symbolic_searchsorted,
+    "aten::index_put": _symbolic_index_put,
     "aten::adaptive_avg_pool2d": _symbolic_adaptive_avg_pool2d,
     "aten::_convolution": _symbolic_convolution,
     "aten::grid_sampler": _symbolic_grid_sampler,
@@ -265,7 +291,27 @@ def _as_tuple(outputs) -> Tuple[torch.Tensor, ...]:
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def _tracing_mode(module: nn.Module):
+    """Trace with autograd on (parameters requiring grad), yet leave the module unchanged.
+
+    Why: in CPU inference without autograd the SSB block takes a fused path that writes
+    into slices of a preallocated output (``out=``); tracers record neither those writes
+    nor their data flow, so the exported graph would return garbage. With autograd on, the
+    block runs the plain ``relu(inverse(y) + shortcut)``, which computes the same values.
+    """
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        module.zero_grad(set_to_none=True)
+
+
 def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional[str] = None):
     """Trace ``wrapper`` on ``example`` and wrap the trace in a fixed-size guard.
 
@@ -277,7 +323,8 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional
     Returns:
         torch.jit.ScriptModule: the guarded trace.
     """
-    traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    with _tracing_mode(wrapper):
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
     guarded = torch.jit.script(_FixedSizeGuard(traced, [int(example.shape[-2]), int(example.shape[-1])]))
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -288,7 +335,6 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional
     return guarded
 
 
-@torch.no_grad()
 def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int = DEFAULT_OPSET,
                 input_name: str = "images") -> str:
     """Export ``wrapper`` to ONNX with a static input shape (that of ``example``).
@@ -308,7 +354,7 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int
                          f"got {opset}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    with onnx_symbolics(opset):
+    with onnx_symbolics(opset), _tracing_mode(wrapper):
         torch.onnx.export(wrapper, (example,), tmp, opset_version=opset, dynamo=False,
                           input_names=[input_name], output_names=list(wrapper.output_names))
     os.replace(tmp, path)

@@ -163,6 +163,28 @@ def test_searchsorted_rule_equals_torch_including_ties(tmp_path, right):
     np.testing.assert_array_equal(out, torch.searchsorted(knots, queries, right=right).numpy())
 
 
+class _Accumulate(nn.Module):
+    def forward(self, rows, cols, values):
+        out = torch.zeros(4, 3, dtype=values.dtype)
+        return out.index_put_((rows, cols), values, accumulate=True)
+
+
+def test_index_put_accumulate_rule_sums_duplicate_indices(tmp_path):
+    rows, cols = torch.tensor([0, 0, 0, 3, 2]), torch.tensor([1, 1, 1, 2, 0])
+    values = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0], dtype=torch.float64)
+    path = str(tmp_path / "acc.onnx")
+    with onnx_symbolics(17):
+        torch.onnx.export(_Accumulate(), (rows, cols, values), path, opset_version=17,
+                          dynamo=False, input_names=["r", "c", "v"])
+    import onnxruntime
+
+    out = onnxruntime.InferenceSession(path).run(
+        None, {"r": rows.numpy(), "c": cols.numpy(), "v": values.numpy()})[0]
+    expected = _Accumulate()(rows, cols, values).numpy()
+    assert expected[0, 1] == 7.0  # the three writes to (0, 1) are summed
+    np.testing.assert_array_equal(out, expected)
+
+
 class _Pool(nn.Module):
     def __init__(self, bins):
         super().__init__()
