@@ -292,7 +292,7 @@ def _resample_rows(table: torch.Tensor, bag) -> torch.Tensor:
 
 
 def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
-                       rows_first: bool) -> torch.Tensor:
+                       rows_first: bool, bags=None) -> torch.Tensor:
     """Resample ``x`` (``(N, C, H, W)``) to ``out_size`` with two 1-D linear interpolations.
 
     Args:
@@ -302,22 +302,25 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
         rows_first (bool): interpolate rows (along H) first. Do first the pass that shrinks
             or keeps the tensor small: rows first when sampling, columns first when
             restoring.
+        bags (tuple or None): precomputed ``(row_bag, col_bag)`` of :func:`_bag_inputs` for
+            this number of channels (callers resampling many equal chunks build them once).
 
     Returns:
         Tensor: ``(N, C, h, w)``, contiguous.
     """
     n, c, H, W = x.shape
     h, w = out_size
+    row_bag, col_bag = bags if bags is not None else (None, None)
 
     def rows(t):  # (N, C, A, B) -> (N, C, h, B)
         a, b = t.shape[2:]
-        out = _resample_rows(t.reshape(n * c * a, b), _bag_inputs(row_taps, c, a, t.dtype))
-        return out.view(n, c, h, b)
+        bag = row_bag if row_bag is not None else _bag_inputs(row_taps, c, a, t.dtype)
+        return _resample_rows(t.reshape(n * c * a, b), bag).view(n, c, h, b)
 
     def cols(t):  # (N, C, A, B) -> (N, C, A, w) via the transposed map; returns that view
         a, b = t.shape[2:]
-        table = t.transpose(2, 3).reshape(n * c * b, a)
-        out = _resample_rows(table, _bag_inputs(col_taps, c, b, t.dtype))
+        bag = col_bag if col_bag is not None else _bag_inputs(col_taps, c, b, t.dtype)
+        out = _resample_rows(t.transpose(2, 3).reshape(n * c * b, a), bag)
         return out.view(n, c, w, a).transpose(2, 3)
 
     if rows_first:
@@ -399,10 +402,15 @@ class SeparableGrid:
                           dtype=torch.result_type(y, shortcut))
         per_channel = max(n * H * W * out.element_size(), 1)
         step = max(1, min(c, CPU_CHUNK_BYTES // per_channel))
+        bags = {}  # indices and weights of a chunk depend only on its number of channels
         for start in range(0, c, step):
             stop = min(start + step, c)
+            k = stop - start
+            if k not in bags:
+                bags[k] = (_bag_inputs(row_taps, k, h, y.dtype),
+                           _bag_inputs(col_taps, k, w, y.dtype))
             part = separable_resample(y[:, start:stop], row_taps, col_taps, (H, W),
-                                      rows_first=False)
+                                      rows_first=False, bags=bags[k])
             torch.add(part, shortcut[:, start:stop], out=out[:, start:stop])
         return out.relu_()
 

@@ -156,9 +156,13 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             return self._forward_recomputing(a, grid, shortcut)
         b = F.relu_(self.conv2(grid.sample(a)))
         if self.inverse_position == "after_conv3":
+            # conv3 (1x1) and the SE gate act per pixel, so they run on the transposed map and
+            # return the (h, w)-transposed layout that the separable inverse starts from:
+            # the copy that layout needs is made of the f-channel input, not of the 4f output.
+            c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            return grid.inverse_add_relu(self._residual_tail(self.conv3(b)), shortcut)
+            return grid.inverse_add_relu(c, shortcut)
         out = self._residual_tail(self.conv3(grid.inverse(b)))
         out = out + shortcut
         return F.relu_(out)
