@@ -227,6 +227,9 @@ def tiny_rcnn_cfg(zoo="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"):
 def test_whole_mask_rcnn_exports_and_matches_eager_on_other_images(tmp_path):
     torch.manual_seed(0)
     model = non_uniform_saliency(build_model(tiny_rcnn_cfg()).eval(), std=1e-3)
+    # Spread the random class scores: with the default init every score is ~1/5, and
+    # float-rounding differences (~1e-7) would reorder near-tied detections.
+    torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.5)
     wrapper = DetectorExport(model).eval()
     assert wrapper.output_names == ["boxes", "scores", "classes", "masks"]
     gen = torch.Generator().manual_seed(0)
@@ -241,11 +244,12 @@ def test_whole_mask_rcnn_exports_and_matches_eager_on_other_images(tmp_path):
         with torch.no_grad():
             reference = wrapper(image)
             counts.add(len(reference[0]))
-            assert max_abs_diffs(reference, scripted(image)) == [0.0] * 4
-            onnx_out = run_onnx(onnx_path, image)
-        diffs = max_abs_diffs(reference, onnx_out)
-        assert diffs[0] < 0.05 and diffs[1] < 1e-3 and diffs[3] < 1e-2, diffs  # px, prob, prob
-        assert torch.equal(reference[2], onnx_out[2].to(reference[2].dtype))  # classes
+            outputs = {"torchscript": scripted(image), "onnx": run_onnx(onnx_path, image)}
+        for fmt, out in outputs.items():
+            diffs = max_abs_diffs(reference, out)
+            # px, probability, class, mask probability
+            assert diffs[0] < 0.05 and diffs[1] < 1e-3 and diffs[3] < 1e-2, (fmt, diffs)
+            assert torch.equal(reference[2], out[2].to(reference[2].dtype)), fmt
     assert len(counts) > 1, "the test images should give different numbers of detections"
 
 
