@@ -5,7 +5,7 @@ from ..checkpoint import atomic_write_text
 from .models import baseline_twin, load_cfg
 from .report import analyze_cfg, format_csv, format_markdown
 
-__all__ = ["output_paths", "resolve_configs", "analyze_main"]
+__all__ = ["output_paths", "resolve_configs", "analyze_main", "benchmark_main", "visualize_main"]
 
 
 def output_paths(output: str, stem: str, extensions):
@@ -47,4 +47,55 @@ def analyze_main(args) -> int:
         atomic_write_text(text, md)
         atomic_write_text(format_csv(model, base), csv_path)
         print(f"wrote {md} and {csv_path}")
+    return 0
+
+
+def benchmark_main(args) -> int:
+    """``tools/benchmark.py``: interleaved SSB-vs-baseline benchmark, tables, chart."""
+    from .benchmark import BenchmarkSetup
+    from .benchmark_report import (
+        benchmark_json,
+        format_benchmark_csv,
+        format_benchmark_markdown,
+        run_benchmark,
+        write_benchmark_chart,
+    )
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg, base_cfg = resolve_configs(args.config_file, args.baseline, args.opts)
+    if base_cfg is None:
+        raise ValueError("the benchmark compares two models: --baseline none is not allowed")
+    setup = BenchmarkSetup(height=args.size[0], width=args.size[1], batch=args.batch,
+                           iters=args.iters, warmup=args.warmup, device=args.device,
+                           amp=args.amp, channels_last=args.channels_last,
+                           modes=tuple(args.modes), memory=not args.no_memory)
+    result = run_benchmark(cfg, base_cfg, setup, parts=args.parts, stages=not args.no_stages,
+                           breakdown=not args.no_breakdown, macs=not args.no_macs)
+    text = format_benchmark_markdown(result)
+    print(text, end="")
+    if args.output:
+        md, csv_path, js = output_paths(args.output, "benchmark", ("md", "csv", "json"))
+        atomic_write_text(text, md)
+        atomic_write_text(format_benchmark_csv(result), csv_path)
+        atomic_write_text(benchmark_json(result), js)
+        print(f"wrote {md}, {csv_path}, {js}")
+    if args.chart:
+        os.makedirs(os.path.dirname(os.path.abspath(args.chart)), exist_ok=True)
+        write_benchmark_chart(result, args.chart)
+        print(f"wrote {args.chart}")
+    return 0
+
+
+def visualize_main(args) -> int:
+    """``tools/visualize_sampling.py``: per-block sampling PNGs and a montage."""
+    from .visualize import STATE_TEXT, visualize_sampling
+
+    cfg = load_cfg(args.config_file, args.opts)
+    out = visualize_sampling(cfg, args.input, args.output, weights=args.weights)
+    print(f"{STATE_TEXT[out['state']]}; wrote {len(out['files'])} PNGs to {args.output}:")
+    for path in out["files"]:
+        print("  " + path)
     return 0

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .flops import CountResult, count_model, count_parameters
+from .flops import CountResult, count_model, count_parameters, mac_analysis
 from .models import (
     DetectorOutputs,
     build_detector,
@@ -23,6 +23,7 @@ __all__ = [
     "ModelAnalysis",
     "analyze_cfg",
     "analyze_detector",
+    "part_macs",
     "comparison_rows",
     "format_markdown",
     "format_csv",
@@ -102,6 +103,34 @@ def analyze_detector(detector, label: str, height: int, width: int, *,
     if include_detector:
         _add(analysis, "detector", count_model(DetectorOutputs(detector), (image,)))
     return analysis
+
+
+def _macs(model, inputs) -> int:
+    with torch.no_grad():
+        return int(mac_analysis(model, tuple(inputs)).total())
+
+
+def part_macs(detector, height: int, width: int, seed: int = 0) -> Dict[str, int]:
+    """MACs of the stages (``stem``, ``res2``..) and of the FPN's own layers, each traced on
+    its own, plus ``bottom-up`` and ``backbone`` as their sums (exactly what whole-model
+    traces give, see the tests) - the cheap count the benchmark chart uses."""
+    image = random_image(height, width, seed)
+    x = (image - detector.pixel_mean.cpu()) / detector.pixel_std.cpu()
+    backbone = detector.backbone
+    bottom_up = getattr(backbone, "bottom_up", backbone)
+    names = stage_names(bottom_up)
+    inputs = capture_inputs(bottom_up, names, x)
+    out = {name: _macs(getattr(bottom_up, name), inputs[name]) for name in names}
+    out["bottom-up"] = sum(out[n] for n in names)
+    if bottom_up is not backbone:
+        with torch.no_grad():
+            features = bottom_up(x)
+        with fpn_head_only(backbone, features) as fpn:
+            out["fpn"] = _macs(fpn, (x,))
+        out["backbone"] = out["bottom-up"] + out["fpn"]
+    else:
+        out["backbone"] = out["bottom-up"]
+    return out
 
 
 def analyze_cfg(cfg, height: int, width: int, *, include_detector: bool = True,

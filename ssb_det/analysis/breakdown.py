@@ -1,0 +1,160 @@
+"""Where the time goes: per-stage latency of a bottom-up network and per-op latency of a
+block (conv1, saliency, grid, sample, 3x3, 1x1, inverse, add), SSB next to plain.
+"""
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import SaliencySampler
+from ..modeling.blocks import SSBBottleneckBlock
+from .benchmark import Samples, time_interleaved
+from .models import capture_inputs, stage_names
+
+__all__ = [
+    "SAMPLER_STEPS",
+    "block_steps",
+    "block_breakdown",
+    "stage_latency",
+    "sampler_share",
+    "executed_steps",
+    "block_input",
+]
+
+# Steps that exist only because of the sampling (the overhead the speed target bounds).
+SAMPLER_STEPS = ("saliency", "grid", "sample", "inverse")
+
+
+def _grid_positions(grid):
+    # Grids compute their positions lazily; a timing of "the grid" must include them.
+    grid.sampling_positions()
+    grid.inverse_positions()
+    return grid
+
+
+def block_steps(block: nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], object]]:
+    """Zero-argument functions running each step of ``block`` on ``x`` (no grad, as in
+    inference), on inputs computed once beforehand. ``"block"`` is the whole forward, as
+    the model runs it.
+
+    For an :class:`SSBBottleneckBlock`: ``conv1``, ``saliency``, ``grid``, ``sample``,
+    ``conv3x3``, ``conv1x1``, ``inverse``, ``add+relu`` (unfused, as separate ops), the fused
+    ``inverse+add+relu`` the block runs with ``inverse_position="after_conv3"``, and
+    ``shortcut`` when it is a projection. For a plain bottleneck (Detectron2's
+    ``BottleneckBlock`` or ``RSBottleneckBlock``): ``conv1``, ``conv3x3``, ``conv1x1``,
+    ``add+relu`` and ``shortcut``.
+    """
+    steps = {"block": lambda: block(x)}
+    tail = getattr(block, "_residual_tail", lambda t: t)
+    shortcut_fn = getattr(block, "_shortcut", None)
+    if shortcut_fn is None:  # Detectron2's BottleneckBlock
+        def shortcut_fn(t):
+            return t if block.shortcut is None else block.shortcut(t)
+    with torch.no_grad():
+        a = F.relu(block.conv1(x))
+        shortcut = shortcut_fn(x)
+        steps["conv1"] = lambda: F.relu_(block.conv1(x))
+        if isinstance(block, SSBBottleneckBlock):
+            sampler: SaliencySampler = block.sampler
+            in_size = tuple(a.shape[-2:])
+            grid = _grid_positions(sampler(a))
+            if sampler.uniform:
+                steps["grid"] = lambda: _grid_positions(sampler(a))
+            else:
+                saliency = sampler.saliency(a)
+                steps["saliency"] = lambda: sampler.saliency(a)
+                steps["grid"] = lambda: _grid_positions(sampler.grid_from_saliency(saliency,
+                                                                                   in_size))
+            s = grid.sample(a)
+            b = F.relu(block.conv2(s))
+            steps["sample"] = lambda: grid.sample(a)
+            steps["conv3x3"] = lambda: F.relu_(block.conv2(s))
+            if block.inverse_position == "after_conv3":
+                c = tail(block.conv3(b))
+                full = grid.inverse(c)
+                steps["conv1x1"] = lambda: tail(block.conv3(b))
+                steps["inverse"] = lambda: grid.inverse(c)
+                steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(c, shortcut)
+            else:
+                restored = grid.inverse(b)
+                full = tail(block.conv3(restored))
+                steps["inverse"] = lambda: grid.inverse(b)
+                steps["conv1x1"] = lambda: tail(block.conv3(restored))
+        else:
+            b = F.relu(block.conv2(a))
+            full = tail(block.conv3(b))
+            steps["conv3x3"] = lambda: F.relu_(block.conv2(a))
+            steps["conv1x1"] = lambda: tail(block.conv3(b))
+        steps["add+relu"] = lambda: torch.relu_(full + shortcut)
+        if block.shortcut is not None:
+            steps["shortcut"] = lambda: shortcut_fn(x)
+    return steps
+
+
+def block_breakdown(blocks: Dict[str, nn.Module], x: torch.Tensor, *, iters: int,
+                    warmup: int = 1) -> Dict[str, Dict[str, Samples]]:
+    """Per-step latency of several blocks on the same input, every step of every block
+    interleaved. Returns ``{label: {step: Samples}}``."""
+    fns = {}
+    for label, block in blocks.items():
+        block.eval()
+        for step, fn in block_steps(block, x).items():
+            fns[(label, step)] = _no_grad(fn)
+    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device)
+    out: Dict[str, Dict[str, Samples]] = {label: {} for label in blocks}
+    for (label, step), samples in timed.items():
+        out[label][step] = samples
+    return out
+
+
+def _no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def executed_steps(steps: Dict[str, Samples]) -> Dict[str, Samples]:
+    """The steps that make up the block as it runs: with the fused ``inverse+add+relu``,
+    the separately timed ``inverse`` and ``add+relu`` are left out."""
+    skip = {"block"}
+    if "inverse+add+relu" in steps:
+        skip |= {"inverse", "add+relu"}
+    return {k: v for k, v in steps.items() if k not in skip}
+
+
+def sampler_share(steps: Dict[str, Samples]) -> Optional[float]:
+    """Median time of the sampling steps (saliency, grid, sample, inverse) over the median
+    time of the whole block; None for a plain block."""
+    if "sample" not in steps:
+        return None
+    extra = sum(steps[s].median for s in SAMPLER_STEPS if s in steps)
+    return extra / steps["block"].median
+
+
+def stage_latency(bottom_ups: Dict[str, nn.Module], x: torch.Tensor, *, iters: int,
+                  warmup: int = 1) -> Dict[str, Dict[str, Samples]]:
+    """Inference latency of each stage (``stem``, ``res2``..) of Detectron2 ResNets, each
+    stage run on the input it gets in the full network; all stages of all models
+    interleaved. Returns ``{label: {stage: Samples}}``."""
+    fns = {}
+    for label, net in bottom_ups.items():
+        net.eval()
+        names = stage_names(net)
+        inputs = capture_inputs(net, names, x)
+        for name in names:
+            module = getattr(net, name)
+            fns[(label, name)] = _no_grad(lambda m=module, i=inputs[name]: m(*i))
+    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device)
+    out: Dict[str, Dict[str, Samples]] = {label: {} for label in bottom_ups}
+    for (label, name), samples in timed.items():
+        out[label][name] = samples
+    return out
+
+
+def block_input(bottom_up: nn.Module, x: torch.Tensor, stage: str, index: int = 1):
+    """Block ``index`` of ``stage`` of a Detectron2 ResNet and the input it receives."""
+    name = f"{stage}.{index}"
+    inputs = capture_inputs(bottom_up, [name], x)
+    return dict(bottom_up.named_modules())[name], inputs[name][0]

@@ -1,0 +1,89 @@
+"""Benchmark tool (ssb_det.analysis.benchmark*): interleaving, statistics, peak memory, and
+one tiny end-to-end run of tools/benchmark.py's entry point. No timing is asserted."""
+import argparse
+import csv
+import json
+
+import cv2
+import pytest
+import torch
+
+from ssb_det.analysis.benchmark import BenchmarkSetup, Samples, peak_memory, time_interleaved
+from ssb_det.analysis.cli import benchmark_main
+
+
+def test_time_interleaved_alternates_models_after_warmup():
+    calls = []
+    out = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                           iters=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert [len(s.values) for s in out.values()] == [3, 3]
+    assert all(v >= 0 for s in out.values() for v in s.values)
+
+
+def test_samples_statistics():
+    s = Samples([4.0, 1.0, 3.0, 2.0, 10.0])
+    assert s.median == 3.0
+    assert s.q25 == 2.0 and s.q75 == 4.0
+    assert s.spread == pytest.approx(2.0 / 3.0)
+
+
+def test_cpu_peak_memory_counts_live_tensors():
+    def two_live_then_one():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(1 << 20)
+        del a
+        c = b * 2  # 2 x 4 MiB live again
+        return c.sum()
+
+    peak = peak_memory(two_live_then_one, torch.device("cpu"))
+    assert 8 * 2**20 <= peak < 9 * 2**20
+
+
+def test_setup_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown modes"):
+        BenchmarkSetup(modes=("fast",)).validate()
+    with pytest.raises(ValueError, match="batch"):
+        BenchmarkSetup(batch=0).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            BenchmarkSetup(device="cuda").validate()
+
+
+def _args(tmp_path, **kw):
+    base = dict(config_file=None, baseline=None, size=(64, 96), batch=1, iters=1, warmup=0,
+                threads=0, device="cpu", amp=None, channels_last=False,
+                parts=["bottom-up", "backbone"], modes=["inference", "train"],
+                no_memory=False, no_stages=False, no_breakdown=False, no_macs=False,
+                chart=str(tmp_path / "chart.png"), output=str(tmp_path / "bench"), opts=[])
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_benchmark_runs_one_tiny_iteration_and_writes_reports(tmp_path, capsys):
+    assert benchmark_main(_args(tmp_path)) == 0
+    text = (tmp_path / "bench.md").read_text()
+    for row in ("bottom-up GMACs", "backbone inference latency", "bottom-up train peak memory",
+                "Block res2.1, per step", "Sampler (saliency + grid + sample + inverse)"):
+        assert row in text, row
+    assert text == capsys.readouterr().out.split("wrote ")[0]
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    kinds = {(r["kind"], r["part"], r["mode"]) for r in rows}
+    for part in ("bottom-up", "backbone"):
+        for mode in ("inference", "train"):
+            assert ("latency_s", part, mode) in kinds
+            assert ("peak_memory_bytes", part, mode) in kinds
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["labels"] == ["SSB-R50-FPN", "R50-FPN"]
+    lat = data["latency"]["bottom-up"]["inference"]["SSB-R50-FPN"]
+    assert len(lat["values"]) == 1 and lat["values"][0] > 0
+    # MACs in the report are the per-stage sums the analysis tool also reports
+    macs = data["macs"]["SSB-R50-FPN"]
+    assert macs["bottom-up"] == sum(macs[s] for s in ("stem", "res2", "res3", "res4", "res5"))
+    img = cv2.imread(str(tmp_path / "chart.png"))
+    assert img is not None and img.shape[:2] == (420, 1560)
+
+
+def test_benchmark_refuses_no_baseline(tmp_path):
+    with pytest.raises(ValueError, match="two models"):
+        benchmark_main(_args(tmp_path, baseline="none"))

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Draw where every SSB block samples an image: one PNG per block and a montage.
+
+Each figure shows the image, every k-th sampled row and column of the block (yellow) and
+the sampling density relative to uniform sampling (red: denser, blue: sparser). Titles say
+whether the saliency is trained or untrained (zero-initialised: uniform sampling).
+
+Examples:
+    python tools/visualize_sampling.py --input demo.jpg --output out/sampling
+    python tools/visualize_sampling.py --config-file configs/ssb_r50_fpn_1x.yaml \
+        --weights output/model_final.pth --input demo.jpg --output out/sampling
+
+The logic lives in :mod:`ssb_det.analysis.visualize`; this script only parses arguments.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ssb_det.analysis.cli import visualize_main  # noqa: E402
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", default=None,
+                   help="config with an SSB backbone (YAML path or model-zoo name); default: "
+                        "Faster R-CNN with the SSB-R50-FPN backbone")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint (.pth/.pkl); default: none (untrained: uniform sampling)")
+    p.add_argument("--input", required=True, help="input image")
+    p.add_argument("--output", required=True, help="output directory for the PNGs")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config overrides")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(visualize_main(get_parser().parse_args()))
