@@ -158,6 +158,29 @@ class SSBCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        # A resumed run must continue the same model: a checkpoint in OUTPUT_DIR that does
+        # not fit is an error (wrong OUTPUT_DIR or changed config), not a partial load.
+        self._resuming = resume and self.has_checkpoint()
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._resuming = False
+
+    def _load_model(self, checkpoint: Any):
+        incompatible = super()._load_model(checkpoint)
+        if getattr(self, "_resuming", False):
+            problems = [f"shape of {k}: {a} in the checkpoint, {b} in the model"
+                        for k, a, b in incompatible.incorrect_shapes]
+            problems += [f"missing in the checkpoint: {k}" for k in incompatible.missing_keys]
+            problems += [f"not in the model: {k}" for k in incompatible.unexpected_keys]
+            if problems:
+                raise ValueError(
+                    f"cannot resume from {self.get_checkpoint_file()}: it does not match this "
+                    "model (different config or OUTPUT_DIR?). The file is left untouched.\n  "
+                    + "\n  ".join(problems))
+        return incompatible
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):
             return self._interpret_pkl(load_pkl(filename))

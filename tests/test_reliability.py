@@ -205,10 +205,6 @@ def test_same_seed_same_machine_gives_identical_losses(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs a compat patch (issue 6 report): Detectron2 v0.6's "
-                   "launch asserts CUDA and uses NCCL, and create_ddp_model passes device_ids, "
-                   "which DistributedDataParallel refuses for a CPU model. Remove this marker "
-                   "when ssb_det.compat makes launch use gloo on CPU.")
 def test_two_process_cpu_training_through_launch_with_gloo(tmp_path):
     out = tmp_path / "ddp"
     run_training(out, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100",

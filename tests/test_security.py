@@ -191,10 +191,6 @@ def test_no_unsafe_loading_outside_the_checkpoint_module():
     assert not offenders, "load weights through ssb_det.checkpoint:\n" + "\n".join(offenders)
 
 
-@pytest.mark.xfail(strict=True, reason="vulnerability (issue 6 report): Detectron2's "
-                   "CfgNode.merge_from_file defaults to allow_unsafe=True and falls back to "
-                   "yaml.unsafe_load, so a YAML config can run code. Fix: "
-                   "cfg.merge_from_file(path, allow_unsafe=False) in ssb_det.engine.setup")
 def test_yaml_config_cannot_run_code(tmp_path, marker):
     engine = pytest.importorskip("ssb_det.engine")
     path = tmp_path / "evil.yaml"

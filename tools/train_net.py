@@ -11,8 +11,9 @@ All logic is in :mod:`ssb_det.engine` (see docs/pipeline.md).
 """
 import sys
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
+from ssb_det.compat import launch  # Detectron2's launch; gloo workers on CPU-only machines
 from ssb_det.data import DatasetNotFoundError
 from ssb_det.engine import main
 

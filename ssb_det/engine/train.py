@@ -121,7 +121,9 @@ def setup(args):
     cfg = get_cfg()
     add_ssb_config(cfg)
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
+        # allow_unsafe=False: Detectron2 would fall back to yaml.unsafe_load, which lets a
+        # config file run code.
+        cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
