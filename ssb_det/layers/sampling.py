@@ -267,18 +267,25 @@ def _interp_taps(pos: torch.Tensor, size: int):
     return left, right, frac
 
 
-def _bag_inputs(taps, planes: int, size: int, dtype):
+def _bag_inputs(taps, planes: int, size: int, dtype, line_major: bool = False):
     """``embedding_bag`` indices and weights interpolating ``planes`` planes per image.
 
     The table is ``(N * planes * size, D)``: row ``(n, plane, i)`` is line ``i`` of a plane.
-    Output row ``(n, plane, l)`` is ``(1 - frac) * row(left) + frac * row(right)``.
+    Output row ``(n, plane, l)`` - or ``(n, l, plane)`` with ``line_major`` - is
+    ``(1 - frac) * row(left) + frac * row(right)``.
     """
     left, right, frac = taps
     n, length = left.shape
-    plane_start = torch.arange(0, n * planes * size, size, device=left.device)
-    idx = plane_start.view(n, planes, 1, 1) + torch.stack([left, right], -1)[:, None]
-    weights = torch.stack([1 - frac, frac], -1).to(dtype)[:, None]
-    return idx.view(-1, 2), weights.expand(n, planes, length, 2).reshape(-1, 2)
+    plane_start = torch.arange(0, n * planes * size, size, device=left.device).view(n, planes)
+    pairs = torch.stack([left, right], -1)  # (N, L, 2)
+    weights = torch.stack([1 - frac, frac], -1).to(dtype)
+    if line_major:
+        idx = plane_start[:, None, :, None] + pairs[:, :, None, :]  # (N, L, planes, 2)
+        weights = weights[:, :, None].expand(n, length, planes, 2)
+    else:
+        idx = plane_start[:, :, None, None] + pairs[:, None]  # (N, planes, L, 2)
+        weights = weights[:, None].expand(n, planes, length, 2)
+    return idx.reshape(-1, 2), weights.reshape(-1, 2)
 
 
 def _resample_rows(table: torch.Tensor, bag) -> torch.Tensor:
@@ -291,41 +298,61 @@ def _resample_rows(table: torch.Tensor, bag) -> torch.Tensor:
     return F.embedding_bag(idx, table, per_sample_weights=weights, mode="sum")
 
 
+def _swap_last_two(m: torch.Tensor) -> torch.Tensor:
+    """``(N, A, B) -> (N, B, A)`` contiguous; a single image is a 2-D transpose, which
+    PyTorch copies in cache-sized blocks (a batched transpose is an element-wise copy)."""
+    if m.shape[0] == 1:
+        return m[0].t().contiguous()[None]
+    return m.transpose(1, 2).contiguous()
+
+
 def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
-                       rows_first: bool, bags=None) -> torch.Tensor:
+                       rows_first: bool, bag_cache: Optional[dict] = None) -> torch.Tensor:
     """Resample ``x`` (``(N, C, H, W)``) to ``out_size`` with two 1-D linear interpolations.
 
+    Each pass blends whole contiguous lines with ``embedding_bag``: rows of the map for the
+    vertical pass, rows of the transposed map for the horizontal one. The output lines of
+    a pass are ordered line-major (``(n, line, channel)``) where the next step needs the
+    other layout, so that the switch is one blocked 2-D transpose per image.
+
     Args:
-        x (Tensor): the feature map.
+        x (Tensor): the feature map. If ``x.transpose(2, 3)`` is contiguous (the map is
+            stored transposed), the horizontal pass reads it without a copy.
         row_taps, col_taps: :func:`_interp_taps` of the row and column positions.
         out_size (tuple[int, int]): ``(h, w)``.
         rows_first (bool): interpolate rows (along H) first. Do first the pass that shrinks
             or keeps the tensor small: rows first when sampling, columns first when
             restoring.
-        bags (tuple or None): precomputed ``(row_bag, col_bag)`` of :func:`_bag_inputs` for
-            this number of channels (callers resampling many equal chunks build them once).
+        bag_cache (dict or None): reuse the ``embedding_bag`` inputs across calls with the
+            same taps and channel count (callers resampling equal chunks pass one dict).
 
     Returns:
         Tensor: ``(N, C, h, w)``, contiguous.
     """
     n, c, H, W = x.shape
     h, w = out_size
-    row_bag, col_bag = bags if bags is not None else (None, None)
+    cache = bag_cache if bag_cache is not None else {}
 
-    def rows(t):  # (N, C, A, B) -> (N, C, h, B)
-        a, b = t.shape[2:]
-        bag = row_bag if row_bag is not None else _bag_inputs(row_taps, c, a, t.dtype)
-        return _resample_rows(t.reshape(n * c * a, b), bag).view(n, c, h, b)
-
-    def cols(t):  # (N, C, A, B) -> (N, C, A, w) via the transposed map; returns that view
-        a, b = t.shape[2:]
-        bag = col_bag if col_bag is not None else _bag_inputs(col_taps, c, b, t.dtype)
-        out = _resample_rows(t.transpose(2, 3).reshape(n * c * b, a), bag)
-        return out.view(n, c, w, a).transpose(2, 3)
+    def bag(kind, taps, size, line_major):
+        key = (kind, c, size, line_major, x.dtype)
+        if key not in cache:
+            cache[key] = _bag_inputs(taps, c, size, x.dtype, line_major)
+        return cache[key]
 
     if rows_first:
-        return cols(rows(x)).contiguous()
-    return rows(cols(x))
+        # rows: table (n, c, y) of W -> lines (n, y', c) -> transposed map (n, c, W, h)
+        out = _resample_rows(x.reshape(n * c * H, W), bag("rows", row_taps, H, True))
+        xt = _swap_last_two(out.view(n, h, c * W))  # (n, c * W, h) = (n, c, W, h)
+        # columns: table (n, c, x) of h -> lines (n, x', c) -> (n, c, h, w)
+        out = _resample_rows(xt.reshape(n * c * W, h), bag("cols", col_taps, W, True))
+        return _swap_last_two(out.view(n, w, c * h)).view(n, c, h, w)
+    # columns first: table = the transposed map, rows (n, c, x) of H
+    out = _resample_rows(x.transpose(2, 3).reshape(n * c * W, H),
+                         bag("cols", col_taps, W, True))
+    xr = _swap_last_two(out.view(n, w, c * H))  # (n, c * H, w) = (n, c, H, w)
+    # rows: table (n, c, y) of w -> (n, c, h, w)
+    out = _resample_rows(xr.reshape(n * c * H, w), bag("rows", row_taps, H, False))
+    return out.view(n, c, h, w)
 
 
 class SeparableGrid:
@@ -405,14 +432,12 @@ class SeparableGrid:
         bags = {}  # indices and weights of a chunk depend only on its number of channels
         for start in range(0, c, step):
             stop = min(start + step, c)
-            k = stop - start
-            if k not in bags:
-                bags[k] = (_bag_inputs(row_taps, k, h, y.dtype),
-                           _bag_inputs(col_taps, k, w, y.dtype))
             part = separable_resample(y[:, start:stop], row_taps, col_taps, (H, W),
-                                      rows_first=False, bags=bags[k])
-            torch.add(part, shortcut[:, start:stop], out=out[:, start:stop])
-        return out.relu_()
+                                      rows_first=False, bag_cache=bags)
+            chunk = out[:, start:stop]
+            torch.add(part, shortcut[:, start:stop], out=chunk)
+            chunk.relu_()  # while the chunk is still in cache
+        return out
 
 
 class NonSeparableGrid:
