@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ssb_det.analysis.benchmark import BenchmarkSetup, Samples, peak_memory, time_interleaved
+from ssb_det.analysis.breakdown import executed_steps, sampler_share
 from ssb_det.analysis.cli import benchmark_main
 
 
@@ -64,7 +65,7 @@ def test_benchmark_runs_one_tiny_iteration_and_writes_reports(tmp_path, capsys):
     assert benchmark_main(_args(tmp_path)) == 0
     text = (tmp_path / "bench.md").read_text()
     for row in ("bottom-up GMACs", "backbone inference latency", "bottom-up train peak memory",
-                "Block res2.1, per step", "Sampler (saliency + grid + sample + inverse)"):
+                "Block res2.1, per step", "Sampling (saliency + grid + sample + restore"):
         assert row in text, row
     assert text == capsys.readouterr().out.split("wrote ")[0]
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
@@ -82,6 +83,17 @@ def test_benchmark_runs_one_tiny_iteration_and_writes_reports(tmp_path, capsys):
     assert macs["bottom-up"] == sum(macs[s] for s in ("stem", "res2", "res3", "res4", "res5"))
     img = cv2.imread(str(tmp_path / "chart.png"))
     assert img is not None and img.shape[:2] == (420, 1560)
+
+
+def test_sampler_share_counts_the_restore_beyond_the_add():
+    steps = {k: Samples([v]) for k, v in dict(block=10.0, saliency=0.5, grid=0.25, sample=0.25,
+                                               inverse=3.0, **{"inverse+add+relu": 2.5,
+                                                               "add+relu": 1.5}).items()}
+    assert sampler_share(steps) == pytest.approx((0.5 + 0.25 + 0.25 + 1.0) / 10.0)
+    assert "inverse" not in executed_steps(steps) and "add+relu" not in executed_steps(steps)
+    del steps["inverse+add+relu"]
+    assert sampler_share(steps) == pytest.approx(4.0 / 10.0)
+    assert sampler_share({"block": Samples([1.0]), "conv1": Samples([0.5])}) is None
 
 
 def test_benchmark_refuses_no_baseline(tmp_path):

@@ -6,6 +6,7 @@ the only way a ratio means something. Results keep every sample: medians, spread
 ratios are computed from them.
 """
 import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device) - base)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU],
+                                         profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
               and e.device_type() == torch.autograd.DeviceType.CPU]
@@ -124,6 +126,25 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         current += e.nbytes()
         peak = max(peak, current)
     return int(peak)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence the profiler's native start/stop chatter (printed by C++ to fd 2)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (e.g. some embedded interpreters)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def autocast_context(device: torch.device, amp: Optional[str]):

@@ -223,8 +223,9 @@ def format_benchmark_markdown(result: dict) -> str:
         share = sampler_share(by_label[a])
         if share is not None:
             ratio = by_label[a]["block"].median / by_label[b]["block"].median
-            lines.append(f"\nSampler (saliency + grid + sample + inverse) = {100 * share:.0f}% "
-                         f"of the {a} block; block ratio {ratio:.3f}.")
+            lines.append(f"\nSampling (saliency + grid + sample + restore beyond a plain "
+                         f"add+ReLU) = {100 * share:.0f}% of the {a} block; block ratio "
+                         f"{ratio:.3f}.")
     return "\n".join(lines) + "\n"
 
 

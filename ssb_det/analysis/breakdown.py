@@ -125,11 +125,20 @@ def executed_steps(steps: Dict[str, Samples]) -> Dict[str, Samples]:
 
 
 def sampler_share(steps: Dict[str, Samples]) -> Optional[float]:
-    """Median time of the sampling steps (saliency, grid, sample, inverse) over the median
-    time of the whole block; None for a plain block."""
+    """Share of an SSB block's median time spent on sampling; None for a plain block.
+
+    Sampling = saliency + grid + sample + the restore. Where the block restores with the
+    fused ``inverse+add+relu``, the restore is that step minus ``add+relu`` timed alone
+    (the add and ReLU writing a fresh full-size map: what any block does to produce its
+    output); otherwise it is ``inverse``.
+    """
     if "sample" not in steps:
         return None
-    extra = sum(steps[s].median for s in SAMPLER_STEPS if s in steps)
+    extra = sum(steps[s].median for s in ("saliency", "grid", "sample") if s in steps)
+    if "inverse+add+relu" in steps:
+        extra += max(0.0, steps["inverse+add+relu"].median - steps["add+relu"].median)
+    else:
+        extra += steps["inverse"].median
     return extra / steps["block"].median
 
 

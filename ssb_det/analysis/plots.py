@@ -78,7 +78,7 @@ def benchmark_chart(path: str, *, stage_ms: Dict[str, Dict[str, float]],
         ax.set_ylabel("ms (median, steps timed separately)")
         ax.set_title(f"Block {block_title}, per step" if block_title else "One block, per step",
                      fontsize=10)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
