@@ -30,6 +30,9 @@ def get_parser():
                    help="checkpoint (.pth/.pkl); default: none (untrained: uniform sampling)")
     p.add_argument("--input", required=True, help="input image")
     p.add_argument("--output", required=True, help="output directory for the PNGs")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
+    p.add_argument("--palette", action="store_true",
+                   help="256-colour PNGs (a fraction of the size, e.g. for documentation)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config overrides")
     return p

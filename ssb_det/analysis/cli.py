@@ -94,7 +94,8 @@ def visualize_main(args) -> int:
     from .visualize import STATE_TEXT, visualize_sampling
 
     cfg = load_cfg(args.config_file, args.opts)
-    out = visualize_sampling(cfg, args.input, args.output, weights=args.weights)
+    out = visualize_sampling(cfg, args.input, args.output, weights=args.weights,
+                             dpi=getattr(args, "dpi", 100), palette=getattr(args, "palette", False))
     print(f"{STATE_TEXT[out['state']]}; wrote {len(out['files'])} PNGs to {args.output}:")
     for path in out["files"]:
         print("  " + path)

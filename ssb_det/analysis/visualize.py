@@ -183,7 +183,17 @@ def _draw(ax, rgb: np.ndarray, b: BlockSampling, max_lines: int = 24):
                  f"{b.density.max():.2f}", fontsize=8)
 
 
-def draw_block(path: str, rgb: np.ndarray, b: BlockSampling, state: str) -> str:
+def _save(fig, path: str, dpi: int, palette: bool):
+    fig.savefig(path, dpi=dpi)
+    if palette:  # 256-colour PNG: a fraction of the size, for documentation
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.convert("RGB").quantize(colors=256).save(path, optimize=True)
+
+
+def draw_block(path: str, rgb: np.ndarray, b: BlockSampling, state: str, dpi: int = 100,
+               palette: bool = False) -> str:
     """One block's sampling over the image: every k-th sampled row/column (yellow) and the
     relative sampling density (red: denser than uniform, blue: sparser; log scale)."""
     plt = _plt()
@@ -192,13 +202,13 @@ def draw_block(path: str, rgb: np.ndarray, b: BlockSampling, state: str) -> str:
     _draw(ax, rgb, b)
     fig.suptitle(STATE_TEXT[state], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi, palette)
     plt.close(fig)
     return path
 
 
 def draw_montage(path: str, rgb: np.ndarray, blocks: List[BlockSampling], state: str,
-                 columns: int = 4) -> str:
+                 columns: int = 4, dpi: int = 90, palette: bool = False) -> str:
     """All blocks side by side: different layers sample different places."""
     plt = _plt()
     ih, iw = rgb.shape[:2]
@@ -215,7 +225,7 @@ def draw_montage(path: str, rgb: np.ndarray, blocks: List[BlockSampling], state:
                  "(yellow: sampled rows/columns; red: denser, blue: sparser than uniform)",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, dpi, palette)
     plt.close(fig)
     return path
 
@@ -231,8 +241,8 @@ def load_image(path: str, cfg) -> np.ndarray:
     return aug.get_transform(image).apply_image(image)
 
 
-def visualize_sampling(cfg, image_path: str, output_dir: str,
-                       weights: Optional[str] = None) -> Dict[str, object]:
+def visualize_sampling(cfg, image_path: str, output_dir: str, weights: Optional[str] = None,
+                       dpi: int = 100, palette: bool = False) -> Dict[str, object]:
     """Write ``sampling_<block>.png`` for every SSB block and ``sampling_montage.png``.
 
     Args:
@@ -241,6 +251,8 @@ def visualize_sampling(cfg, image_path: str, output_dir: str,
         output_dir (str): created if missing.
         weights (str or None): checkpoint to load (``.pth``/``.pkl``); None keeps the
             initialisation (zero saliency: uniform sampling).
+        dpi (int): resolution of the per-block PNGs (the montage uses 0.9 x dpi).
+        palette (bool): save 256-colour PNGs (much smaller files).
 
     Returns:
         dict: ``state`` (uniform/untrained/trained), ``files`` (written PNGs), ``blocks``
@@ -257,8 +269,8 @@ def visualize_sampling(cfg, image_path: str, output_dir: str,
     rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
     rgb = np.ascontiguousarray(rgb)
     os.makedirs(output_dir, exist_ok=True)
-    files = [draw_block(os.path.join(output_dir, f"sampling_{b.name}.png"), rgb, b, state)
-             for b in blocks]
+    files = [draw_block(os.path.join(output_dir, f"sampling_{b.name}.png"), rgb, b, state,
+                        dpi=dpi, palette=palette) for b in blocks]
     files.append(draw_montage(os.path.join(output_dir, "sampling_montage.png"), rgb, blocks,
-                              state))
+                              state, dpi=round(0.9 * dpi), palette=palette))
     return {"state": state, "files": files, "blocks": blocks}
