@@ -405,18 +405,30 @@ class SeparableGrid:
         return separable_resample(y, _interp_taps(ys, h), _interp_taps(xs, w), (H, W),
                                   rows_first=False)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
 
         Same values as the unfused expression. In CPU inference (no gradient needed) it runs
         over channel chunks of about ``CPU_CHUNK_BYTES`` of output, writing each sum straight
         into the output: the restored map never exists at full size, and the intermediates
         stay small enough for the cache and the allocator's reused memory.
+
+        Args:
+            y (Tensor): ``(N, C, h, w)`` sampled map.
+            shortcut (Tensor or callable): ``(N, C, H, W)``, or a function ``(start, stop)``
+                returning its channels ``[start, stop)`` (computed chunk by chunk then).
         """
+        if callable(shortcut):
+            channels = shortcut
+        else:
+            def channels(start, stop, full=shortcut):
+                return full[:, start:stop]
         needs_grad = torch.is_grad_enabled() and (
-            y.requires_grad or shortcut.requires_grad or self.knots_y.requires_grad
-            or self.knots_x.requires_grad)
+            y.requires_grad or self.knots_y.requires_grad or self.knots_x.requires_grad
+            or (not callable(shortcut) and shortcut.requires_grad))
         if needs_grad or y.device.type != "cpu":
+            if callable(shortcut):
+                shortcut = shortcut(0, y.shape[1])
             out = self.inverse(y)
             out = out.add_(shortcut) if out.dtype == torch.result_type(out, shortcut) \
                 else out + shortcut
@@ -425,17 +437,24 @@ class SeparableGrid:
         ys, xs = self.inverse_positions()
         row_taps, col_taps = _interp_taps(ys, h), _interp_taps(xs, w)
         n, c = y.shape[:2]
-        out = torch.empty((n, c, H, W), device=y.device,
-                          dtype=torch.result_type(y, shortcut))
-        per_channel = max(n * H * W * out.element_size(), 1)
+        per_channel = max(n * H * W * y.element_size(), 1)
         step = max(1, min(c, CPU_CHUNK_BYTES // per_channel))
         bags = {}  # indices and weights of a chunk depend only on its number of channels
+        out = None
         for start in range(0, c, step):
             stop = min(start + step, c)
             part = separable_resample(y[:, start:stop], row_taps, col_taps, (H, W),
                                       rows_first=False, bag_cache=bags)
+            residual = channels(start, stop)
+            if residual.shape != part.shape:
+                raise ValueError(f"shortcut channels {start}:{stop} have shape "
+                                 f"{tuple(residual.shape)}, the restored map "
+                                 f"{tuple(part.shape)}")
+            if out is None:
+                out = torch.empty((n, c, H, W), device=y.device,
+                                  dtype=torch.result_type(part, residual))
             chunk = out[:, start:stop]
-            torch.add(part, shortcut[:, start:stop], out=chunk)
+            torch.add(part, residual, out=chunk)
             chunk.relu_()  # while the chunk is still in cache
         return out
 
@@ -499,8 +518,10 @@ class NonSeparableGrid:
                             align_corners=False)
         return out.to(y.dtype)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`."""
+        if callable(shortcut):
+            shortcut = shortcut(0, y.shape[1])
         return torch.relu_(self.inverse(y) + shortcut)
 
 

@@ -151,9 +151,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
     def forward(self, x):
         a = F.relu_(self.conv1(x))
         grid = self.sampler(a)
-        shortcut = self._shortcut(x)
         if self.memory_efficient and self._needs_grad(a, grid):
-            return self._forward_recomputing(a, grid, shortcut)
+            return self._forward_recomputing(a, grid, self._shortcut(x))
         b = F.relu_(self.conv2(grid.sample(a)))
         if self.inverse_position == "after_conv3":
             # conv3 (1x1) and the SE gate act per pixel, so they run on the transposed map and
@@ -162,10 +161,39 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            return grid.inverse_add_relu(c, shortcut)
+            return grid.inverse_add_relu(c, self._shortcut_channels(x))
         out = self._residual_tail(self.conv3(grid.inverse(b)))
-        out = out + shortcut
+        out = out + self._shortcut(x)
         return F.relu_(out)
+
+    def _shortcut_channels(self, x):
+        """The shortcut, or - for a projection whose norm is a fixed per-channel affine map
+        (FrozenBN, BN in eval mode, none) and without gradients - a function computing its
+        channels ``[start, stop)``, which ``inverse_add_relu`` calls chunk by chunk: the
+        full-size projection is then never stored (each output channel of a 1x1 conv and
+        of its norm depends on that channel's weights only, so the values are the same)."""
+        conv = self.shortcut
+        if conv is None or self.avg_down or torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in conv.parameters())):
+            return self._shortcut(x)
+        norm = conv.norm
+        frozen = type(norm).__name__ == "FrozenBatchNorm2d"
+        if not (norm is None or frozen or (isinstance(norm, _BatchNorm) and not norm.training
+                                           and norm.track_running_stats)):
+            return self._shortcut(x)
+
+        def channels(start, stop):
+            out = F.conv2d(x, conv.weight[start:stop],
+                           None if conv.bias is None else conv.bias[start:stop], conv.stride,
+                           conv.padding, conv.dilation, conv.groups)
+            if norm is None:
+                return out
+            weight = None if norm.weight is None else norm.weight[start:stop]
+            bias = None if norm.bias is None else norm.bias[start:stop]
+            return F.batch_norm(out, norm.running_mean[start:stop],
+                                norm.running_var[start:stop], weight, bias, False, 0.0, norm.eps)
+
+        return channels
 
     @staticmethod
     def _needs_grad(a, grid) -> bool:
