@@ -22,6 +22,16 @@ def test_time_interleaved_alternates_models_after_warmup():
     assert all(v >= 0 for s in out.values() for v in s.values)
 
 
+def test_cpu_clock_counts_work_and_unknown_clock_is_named():
+    def work():
+        torch.randn(256, 256) @ torch.randn(256, 256)
+
+    out = time_interleaved({"w": work}, iters=2, warmup=0, clock="cpu")
+    assert all(v > 0 for v in out["w"].values)
+    with pytest.raises(ValueError, match="clock"):
+        time_interleaved({"w": work}, iters=1, clock="sundial")
+
+
 def test_samples_statistics():
     s = Samples([4.0, 1.0, 3.0, 2.0, 10.0])
     assert s.median == 3.0
@@ -46,6 +56,8 @@ def test_setup_errors_name_the_problem():
         BenchmarkSetup(modes=("fast",)).validate()
     with pytest.raises(ValueError, match="batch"):
         BenchmarkSetup(batch=0).validate()
+    with pytest.raises(ValueError, match="clock"):
+        BenchmarkSetup(clock="sundial").validate()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             BenchmarkSetup(device="cuda").validate()
@@ -53,7 +65,7 @@ def test_setup_errors_name_the_problem():
 
 def _args(tmp_path, **kw):
     base = dict(config_file=None, baseline=None, size=(64, 96), batch=1, iters=1, warmup=0,
-                threads=0, device="cpu", amp=None, channels_last=False,
+                threads=0, clock="wall", device="cpu", amp=None, channels_last=False,
                 parts=["bottom-up", "backbone"], modes=["inference", "train"],
                 no_memory=False, no_stages=False, no_breakdown=False, no_macs=False,
                 chart=str(tmp_path / "chart.png"), output=str(tmp_path / "bench"), opts=[])

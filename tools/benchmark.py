@@ -35,6 +35,9 @@ def get_parser():
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time; cpu: process CPU time (reproducible on a shared "
+                        "machine with --threads 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", choices=["fp16", "bf16"], default=None, help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")

@@ -17,6 +17,7 @@ from torch import nn
 
 __all__ = [
     "Samples",
+    "CLOCKS",
     "time_interleaved",
     "peak_memory",
     "autocast_context",
@@ -69,8 +70,16 @@ def _synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+# Clocks a benchmark can use. "wall": elapsed time. "cpu": CPU time of this process (user +
+# system, all threads) - on a CPU shared with other processes, time spent descheduled is not
+# counted, which makes single-thread comparisons reproducible; with several threads it also
+# counts threads spinning while they wait for each other.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def time_interleaved(fns: Dict[str, Callable[[], object]], *, iters: int, warmup: int = 1,
-                     device: Optional[torch.device] = None) -> Dict[str, Samples]:
+                     device: Optional[torch.device] = None,
+                     clock: str = "wall") -> Dict[str, Samples]:
     """Time each callable ``iters`` times, interleaved, after ``warmup`` untimed rounds.
 
     Args:
@@ -78,12 +87,16 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], *, iters: int, warmup
         iters (int): timed rounds (each runs every function once, in dict order).
         warmup (int): untimed rounds first.
         device (torch.device): synchronised around each timing when it is a GPU.
+        clock (str): "wall" or "cpu" (see :data:`CLOCKS`).
 
     Returns:
-        dict[str, Samples]: wall-clock seconds per run.
+        dict[str, Samples]: seconds per run.
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
     device = device or torch.device("cpu")
     for _ in range(warmup):
         for fn in fns.values():
@@ -92,10 +105,10 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], *, iters: int, warmup
     for _ in range(iters):
         for name, fn in fns.items():
             _synchronize(device)
-            start = time.perf_counter()
+            start = now()
             fn()
             _synchronize(device)
-            out[name].values.append(time.perf_counter() - start)
+            out[name].values.append(now() - start)
     return out
 
 
@@ -179,6 +192,7 @@ class BenchmarkSetup:
         modes (tuple[str]): "inference" (forward, no grad, eval) and/or "train" (forward +
             backward of a synthetic loss, train mode).
         memory (bool): also measure the peak memory of each mode.
+        clock (str): "wall" or "cpu" (see :data:`CLOCKS`).
     """
 
     height: int = 800
@@ -191,6 +205,7 @@ class BenchmarkSetup:
     channels_last: bool = False
     modes: Sequence[str] = ("inference", "train")
     memory: bool = True
+    clock: str = "wall"
 
     def validate(self):
         errors = []
@@ -205,6 +220,8 @@ class BenchmarkSetup:
             errors.append(f"unknown modes {bad}: use 'inference' and/or 'train'")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             errors.append("device cuda requested but torch.cuda.is_available() is False")
+        if self.clock not in CLOCKS:
+            errors.append(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
         if self.amp not in (None, "fp16", "bf16"):
             errors.append(f"amp must be fp16, bf16 or None, got {self.amp!r}")
         if errors:
@@ -265,7 +282,7 @@ def benchmark_parts(models: Dict[str, Dict[str, nn.Module]], setup: BenchmarkSet
                 module.train(mode == "train")
                 steps[label] = _step(module, x, mode, device, setup.amp)
             entry = {"latency": time_interleaved(steps, iters=setup.iters, warmup=setup.warmup,
-                                                 device=device)}
+                                                 device=device, clock=setup.clock)}
             if setup.memory:
                 entry["memory"] = {label: peak_memory(step, device)
                                    for label, step in steps.items()}

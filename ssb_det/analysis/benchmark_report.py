@@ -120,7 +120,7 @@ def run_benchmark(cfg, base_cfg, setup: BenchmarkSetup, *, parts: Sequence[str] 
         log("timing stages...")
         with _autocast(setup):
             result["stages"] = stage_latency(bottom_ups, x, iters=setup.iters,
-                                             warmup=setup.warmup)
+                                             warmup=setup.warmup, clock=setup.clock)
     if breakdown:
         result["blocks"] = {}
         for stage in bottom_ups[labels[0]].stage_names:
@@ -135,7 +135,8 @@ def run_benchmark(cfg, base_cfg, setup: BenchmarkSetup, *, parts: Sequence[str] 
                 blocks[label] = block
             with _autocast(setup):
                 result["blocks"][stage] = block_breakdown(blocks, inp, iters=setup.iters,
-                                                          warmup=setup.warmup)
+                                                          warmup=setup.warmup,
+                                                          clock=setup.clock)
     if macs:
         log("counting MACs (fvcore)...")
         result["macs"] = {label: part_macs(d.cpu(), setup.height, setup.width)
@@ -168,8 +169,8 @@ def format_benchmark_markdown(result: dict) -> str:
     lines = [f"Input {setup['batch']}x3x{setup['height']}x{setup['width']}, device "
              f"{setup['device']}" + (f" ({env['gpu']})" if "gpu" in env else "")
              + f", AMP {setup['amp'] or 'off'}, channels_last {setup['channels_last']}, "
-             f"{env['threads']} threads, {setup['iters']} timed runs after {setup['warmup']} "
-             f"warm-up, models interleaved. CPU: {env['cpu']} ({env['cpu_count']} cores); "
+             f"{env['threads']} threads, {setup['clock']} clock, {setup['iters']} timed runs "
+             f"after {setup['warmup']} warm-up, models interleaved. CPU: {env['cpu']} ({env['cpu_count']} cores); "
              f"torch {env['torch']}; load average {env.get('loadavg')} -> "
              f"{env.get('loadavg_end')}.", "",
              f"| metric | {a} | {b} | ratio |", "|---|---|---|---|"]
@@ -291,6 +292,6 @@ def write_benchmark_chart(result: dict, path: str, stage: Optional[str] = None) 
                     for label, steps in blocks[stage].items()}
     s, env = result["setup"], result["env"]
     title = (f"{a} vs {b}: {s['batch']}x{s['height']}x{s['width']}, {s['device']}, "
-             f"{env['threads']} threads, AMP {s['amp'] or 'off'}")
+             f"{env['threads']} threads, {s['clock']} clock, AMP {s['amp'] or 'off'}")
     return benchmark_chart(path, stage_ms=stage_ms, stage_gmacs=gmacs, block_ms=block_ms,
                            block_title=f"{stage}.1" if block_ms else "", title=title)

@@ -93,7 +93,7 @@ def block_steps(block: nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], obj
 
 
 def block_breakdown(blocks: Dict[str, nn.Module], x: torch.Tensor, *, iters: int,
-                    warmup: int = 1) -> Dict[str, Dict[str, Samples]]:
+                    warmup: int = 1, clock: str = "wall") -> Dict[str, Dict[str, Samples]]:
     """Per-step latency of several blocks on the same input, every step of every block
     interleaved. Returns ``{label: {step: Samples}}``."""
     fns = {}
@@ -101,7 +101,7 @@ def block_breakdown(blocks: Dict[str, nn.Module], x: torch.Tensor, *, iters: int
         block.eval()
         for step, fn in block_steps(block, x).items():
             fns[(label, step)] = _no_grad(fn)
-    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device)
+    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device, clock=clock)
     out: Dict[str, Dict[str, Samples]] = {label: {} for label in blocks}
     for (label, step), samples in timed.items():
         out[label][step] = samples
@@ -143,7 +143,7 @@ def sampler_share(steps: Dict[str, Samples]) -> Optional[float]:
 
 
 def stage_latency(bottom_ups: Dict[str, nn.Module], x: torch.Tensor, *, iters: int,
-                  warmup: int = 1) -> Dict[str, Dict[str, Samples]]:
+                  warmup: int = 1, clock: str = "wall") -> Dict[str, Dict[str, Samples]]:
     """Inference latency of each stage (``stem``, ``res2``..) of Detectron2 ResNets, each
     stage run on the input it gets in the full network; all stages of all models
     interleaved. Returns ``{label: {stage: Samples}}``."""
@@ -155,7 +155,7 @@ def stage_latency(bottom_ups: Dict[str, nn.Module], x: torch.Tensor, *, iters: i
         for name in names:
             module = getattr(net, name)
             fns[(label, name)] = _no_grad(lambda m=module, i=inputs[name]: m(*i))
-    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device)
+    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device, clock=clock)
     out: Dict[str, Dict[str, Samples]] = {label: {} for label in bottom_ups}
     for (label, name), samples in timed.items():
         out[label][name] = samples

@@ -71,7 +71,8 @@ def benchmark_main(args) -> int:
     setup = BenchmarkSetup(height=args.size[0], width=args.size[1], batch=args.batch,
                            iters=args.iters, warmup=args.warmup, device=args.device,
                            amp=args.amp, channels_last=args.channels_last,
-                           modes=tuple(args.modes), memory=not args.no_memory)
+                           modes=tuple(args.modes), memory=not args.no_memory,
+                           clock=getattr(args, "clock", "wall"))
     result = run_benchmark(cfg, base_cfg, setup, parts=args.parts, stages=not args.no_stages,
                            breakdown=not args.no_breakdown, macs=not args.no_macs)
     text = format_benchmark_markdown(result)
