@@ -250,23 +250,24 @@ def test_imagefolder_training_runs(tmp_path):
 def test_pretrain_checkpoint_resume_export_and_load_into_faster_rcnn(tmp_path):
     crops = str(tmp_path / "crops")
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
-    result1 = main(["--config-file", SHAPES_CONFIG] + _tiny_overrides(run1, crops))
-    assert result1["samples_seen"] == 16 and result1["num_samples"] > 0
-    assert os.path.isfile(run1 / "model_0000002.pth") and os.path.isfile(run1 / "model_final.pth")
-    assert [m["iteration"] for m in _metrics(run1) if "loss" in m] == [1, 2, 3, 4]
+    short = {"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 1, "CLS.DATA.EVAL_BATCH_SIZE": 64}
+    result1 = main(["--config-file", SHAPES_CONFIG] + _tiny_overrides(run1, crops, **short))
+    assert result1["samples_seen"] == 8 and result1["num_samples"] > 0
+    assert os.path.isfile(run1 / "model_0000001.pth") and os.path.isfile(run1 / "model_final.pth")
+    assert [m["iteration"] for m in _metrics(run1) if "loss" in m] == [1, 2]
 
-    # Resume from the iteration-2 checkpoint in a fresh directory: it must continue at 3 and
+    # Resume from the iteration-1 checkpoint in a fresh directory: it must continue at 2 and
     # end exactly where the uninterrupted run ended.
     os.makedirs(run2)
-    shutil.copy(run1 / "model_0000002.pth", run2 / "model_0000002.pth")
-    (run2 / "last_checkpoint").write_text("model_0000002.pth")
+    shutil.copy(run1 / "model_0000001.pth", run2 / "model_0000001.pth")
+    (run2 / "last_checkpoint").write_text("model_0000001.pth")
     exported = str(tmp_path / "ssb_r50_d2.pth")
     result2 = main(["--config-file", SHAPES_CONFIG, "--resume", "--export-d2", exported]
-                   + _tiny_overrides(run2, crops))
-    assert [m["iteration"] for m in _metrics(run2) if "loss" in m] == [3, 4]
-    assert result2["samples_seen"] == 16
+                   + _tiny_overrides(run2, crops, **short))
+    assert [m["iteration"] for m in _metrics(run2) if "loss" in m] == [2]
+    assert result2["samples_seen"] == 8
     final1, final2 = load_pth(str(run1 / "model_final.pth")), load_pth(str(run2 / "model_final.pth"))
-    assert final2["iteration"] == 4
+    assert final2["iteration"] == 2
     for name, t in final1["model"].items():
         assert torch.equal(final2["model"][name], t), name
     for name, t in final1["ema"]["module"].items():
@@ -275,7 +276,7 @@ def test_pretrain_checkpoint_resume_export_and_load_into_faster_rcnn(tmp_path):
 
     # --eval-only of the final checkpoint reproduces the final evaluation.
     result3 = main(["--config-file", SHAPES_CONFIG, "--eval-only"] + _tiny_overrides(
-        tmp_path / "eval", crops, **{"MODEL.WEIGHTS": str(run1 / "model_final.pth")}))
+        tmp_path / "eval", crops, **short, **{"MODEL.WEIGHTS": str(run1 / "model_final.pth")}))
     assert (result3["top1"], result3["ema_top1"]) == (result1["top1"], result1["ema_top1"])
 
     # The export holds the EMA backbone under Detectron2's ResNet names ...
