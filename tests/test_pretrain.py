@@ -109,6 +109,15 @@ def test_lr_schedule_warmup_then_cosine():
         lr_at(cfg, 0, 100, 1.0)
 
 
+def test_float16_autocast_on_the_cpu_is_refused(tmp_path):
+    _image_folder(str(tmp_path / "data"), {"train": {"a": 4, "b": 4}, "val": {"a": 1}})
+    with pytest.raises(ValueError, match="float16.*needs a GPU"):
+        main(["--config-file", SHAPES_CONFIG] + _tiny_overrides(tmp_path / "out", "", **{
+            "CLS.DATA.ROOT": str(tmp_path / "data"), "CLS.DATA.TRAIN_SPLIT": "train",
+            "CLS.DATA.VAL_SPLIT": "val", "SOLVER.AMP.ENABLED": True,
+            "CLS.AMP_DTYPE": "float16"}))
+
+
 def test_train_sampler_shards_and_resumes():
     size, batch, world = 23, 2, 3  # 3 steps per epoch (18 images), 5 dropped per epoch
     streams = [iter(InfiniteShardedSampler(size, batch, rank=r, world_size=world, seed=5))
@@ -237,8 +246,11 @@ def test_imagefolder_training_runs(tmp_path):
     result = main(["--config-file", SHAPES_CONFIG] + _tiny_overrides(tmp_path / "out", "", **{
         "CLS.DATA.ROOT": str(tmp_path / "data"), "CLS.DATA.TRAIN_SPLIT": "train",
         "CLS.DATA.VAL_SPLIT": "val", "CLS.EPOCHS": 1, "SOLVER.CHECKPOINT_PERIOD": 100,
-        "CLS.EMA.ENABLED": False, "INPUT.FORMAT": "BGR"}))
+        "CLS.EMA.ENABLED": False, "INPUT.FORMAT": "BGR",
+        # bfloat16 autocast on the CPU and channels_last, as the ImageNet configs use them.
+        "SOLVER.AMP.ENABLED": True, "CLS.CHANNELS_LAST": True}))
     assert result["num_samples"] == 3 and result["samples_seen"] == 8
+    assert math.isfinite(result["loss"])
     assert result["top5_k"] == 2 and result["top5"] == 100.0
     assert [m["iteration"] for m in _metrics(tmp_path / "out") if "loss" in m] == [1, 2]
 
@@ -255,6 +267,7 @@ def test_pretrain_checkpoint_resume_export_and_load_into_faster_rcnn(tmp_path):
     assert result1["samples_seen"] == 8 and result1["num_samples"] > 0
     assert os.path.isfile(run1 / "model_0000001.pth") and os.path.isfile(run1 / "model_final.pth")
     assert [m["iteration"] for m in _metrics(run1) if "loss" in m] == [1, 2]
+    assert glob.glob(str(run1 / "events.out.tfevents.*"))  # TensorBoard
 
     # Resume from the iteration-1 checkpoint in a fresh directory: it must continue at 2 and
     # end exactly where the uninterrupted run ended.
