@@ -13,7 +13,8 @@ HOSTS = ("resnet", "resnet-rs")
 
 
 def add_ssb_config(cfg):
-    """Add the ``MODEL.SSB`` node (and the classification-pretraining node) to ``cfg``.
+    """Add the ``MODEL.SSB`` node to ``cfg`` (pretraining adds its ``CLS`` node with
+    ``ssb_det.classification.add_pretrain_config``).
 
     Idempotent: calling it twice leaves the config as after the first call.
 
