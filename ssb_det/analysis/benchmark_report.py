@@ -39,6 +39,7 @@ def environment(device: str) -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
+    env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default")
     if hasattr(os, "getloadavg"):
         env["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -169,7 +170,8 @@ def format_benchmark_markdown(result: dict) -> str:
     lines = [f"Input {setup['batch']}x3x{setup['height']}x{setup['width']}, device "
              f"{setup['device']}" + (f" ({env['gpu']})" if "gpu" in env else "")
              + f", AMP {setup['amp'] or 'off'}, channels_last {setup['channels_last']}, "
-             f"{env['threads']} threads, {setup['clock']} clock, {setup['iters']} timed runs "
+             f"{env['threads']} threads (OMP_WAIT_POLICY {env.get('omp_wait_policy')}), "
+             f"{setup['clock']} clock, {setup['iters']} timed runs "
              f"after {setup['warmup']} warm-up, models interleaved. CPU: {env['cpu']} ({env['cpu_count']} cores); "
              f"torch {env['torch']}; load average {env.get('loadavg')} -> "
              f"{env.get('loadavg_end')}.", "",

@@ -299,10 +299,7 @@ def _resample_rows(table: torch.Tensor, bag) -> torch.Tensor:
 
 
 def _swap_last_two(m: torch.Tensor) -> torch.Tensor:
-    """``(N, A, B) -> (N, B, A)`` contiguous; a single image is a 2-D transpose, which
-    PyTorch copies in cache-sized blocks (a batched transpose is an element-wise copy)."""
-    if m.shape[0] == 1:
-        return m[0].t().contiguous()[None]
+    """``(N, A, B) -> (N, B, A)``, contiguous (one multi-threaded transposing copy)."""
     return m.transpose(1, 2).contiguous()
 
 
@@ -313,7 +310,7 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     Each pass blends whole contiguous lines with ``embedding_bag``: rows of the map for the
     vertical pass, rows of the transposed map for the horizontal one. The output lines of
     a pass are ordered line-major (``(n, line, channel)``) where the next step needs the
-    other layout, so that the switch is one blocked 2-D transpose per image.
+    other layout, so that the switch is a single transpose of two axes per image.
 
     Args:
         x (Tensor): the feature map. If ``x.transpose(2, 3)`` is contiguous (the map is

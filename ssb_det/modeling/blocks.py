@@ -7,7 +7,7 @@ into an SSB-R50 by name; only the saliency convs (``sampler.saliency_conv``) are
 """
 import torch
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, get_norm
 from fvcore.nn import weight_init
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
@@ -177,9 +177,9 @@ class SSBBottleneckBlock(RSBottleneckBlock):
                 x.requires_grad or any(p.requires_grad for p in conv.parameters())):
             return self._shortcut(x)
         norm = conv.norm
-        frozen = type(norm).__name__ == "FrozenBatchNorm2d"
-        if not (norm is None or frozen or (isinstance(norm, _BatchNorm) and not norm.training
-                                           and norm.track_running_stats)):
+        fixed_affine = norm is None or isinstance(norm, FrozenBatchNorm2d) or (
+            isinstance(norm, _BatchNorm) and not norm.training and norm.track_running_stats)
+        if not fixed_affine:
             return self._shortcut(x)
 
         def channels(start, stop):
