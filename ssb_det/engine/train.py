@@ -21,6 +21,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SSBCheckpointer, atomic_write_text
 from ..compat import coco_evaluator
@@ -127,6 +128,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # ssb_det's own messages (dataset generation, warnings) in the console and log.txt.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ssb_det")
     return cfg
 
 
@@ -153,6 +156,14 @@ def main(args):
         return Trainer.test(cfg, model)
 
     check_datasets_available(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    if not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN" and not args.resume:
+        # FrozenBN is an affine map fixed at its initial value: fine over pretrained weights,
+        # a silent handicap from scratch (e.g. a ResNet-RS config run without its weights).
+        logger.warning(
+            "Training from scratch (MODEL.WEIGHTS is empty) with MODEL.RESNETS.NORM FrozenBN: "
+            "the backbone's normalisation will not learn. Set MODEL.WEIGHTS to ImageNet "
+            "weights (docs/pipeline.md) or use a trainable norm (BN, SyncBN, GN)."
+        )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
