@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

@@ -13,7 +13,6 @@ from .benchmark import Samples, time_interleaved
 from .models import capture_inputs, stage_names
 
 __all__ = [
-    "SAMPLER_STEPS",
     "block_steps",
     "block_breakdown",
     "stage_latency",
@@ -21,9 +20,6 @@ __all__ = [
     "executed_steps",
     "block_input",
 ]
-
-# Steps that exist only because of the sampling (the overhead the speed target bounds).
-SAMPLER_STEPS = ("saliency", "grid", "sample", "inverse")
 
 
 def _grid_positions(grid):

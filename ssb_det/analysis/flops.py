@@ -25,7 +25,7 @@ fvcore's defaults there (tested).
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence
+from typing import Any, List, Sequence
 
 import torch
 from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
@@ -275,10 +275,3 @@ def count_model(model: nn.Module, inputs: Sequence[Any]) -> CountResult:
     return CountResult(macs=total_macs, activations=total_acts, params=count_parameters(model),
                        macs_by_operator=by_op, unsupported=unsupported)
 
-
-def merge_unsupported(results: Sequence[CountResult]) -> Dict[str, int]:
-    """Union of the unsupported ops of several counts."""
-    total = Counter()
-    for r in results:
-        total.update(r.unsupported)
-    return dict(total)
