@@ -68,4 +68,7 @@ def add_ssb_config(cfg):
     # Stochastic depth: drop probability of the last block's residual branch, growing
     # linearly from 0 over the blocks. ResNet-RS uses 0.1 at depth >= 200; 0 disables.
     _C.MODEL.SSB.DROP_PATH_RATE = 0.0
+    # Training memory: recompute the sampling passes and conv3 of SSB blocks in backward
+    # instead of storing their outputs (same outputs and gradients, less peak memory).
+    _C.MODEL.SSB.MEMORY_EFFICIENT = True
     return cfg

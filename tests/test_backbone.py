@@ -265,3 +265,11 @@ def test_lazyconfig_twin_instantiates_ssb_backbone():
     cfg.model.backbone.bottom_up.enabled = False
     plain = instantiate(cfg.model)
     assert not any(isinstance(m, SSBBottleneckBlock) for m in plain.modules())
+
+
+def test_memory_efficient_key_reaches_the_blocks():
+    cfg = make_cfg(MEMORY_EFFICIENT=False)
+    blocks = [m for m in build_backbone(cfg).modules() if isinstance(m, SSBBottleneckBlock)]
+    assert blocks and not any(b.memory_efficient for b in blocks)
+    blocks = [m for m in build_backbone(make_cfg()).modules() if isinstance(m, SSBBottleneckBlock)]
+    assert all(b.memory_efficient for b in blocks)

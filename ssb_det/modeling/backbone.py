@@ -86,6 +86,7 @@ def ssb_resnet(
     inverse_position: str = "after_conv3",
     se_ratio: float = 0.25,
     drop_path_rate: float = 0.0,
+    memory_efficient: bool = True,
 ) -> ResNet:
     """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
 
@@ -112,6 +113,8 @@ def ssb_resnet(
         inverse_position: sampler options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
         se_ratio (float): SE ratio of the ResNet-RS host (ignored by the plain host).
         drop_path_rate (float): stochastic depth of the last block, linear from 0.
+        memory_efficient (bool): SSB blocks recompute their sampling passes and conv3 in
+            backward instead of storing them.
 
     Returns:
         ResNet: a Detectron2 backbone with ``res2..res5`` features.
@@ -149,7 +152,7 @@ def ssb_resnet(
         ssb_kwargs = dict(sampling_ratio=ratios[idx], grid_size=grid_size,
                           grid_padding=grid_padding, kernel_sigma=kernel_sigma,
                           separable=separable, uniform=uniform, inverse_iters=inverse_iters,
-                          inverse_position=inverse_position)
+                          inverse_position=inverse_position, memory_efficient=memory_efficient)
         # Consecutive runs of one block class, each made by ResNet.make_stage: strided blocks
         # stay plain bottlenecks, stride-1 blocks of a sampled stage are SSB blocks.
         blocks, i = [], 0
@@ -192,7 +195,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         grid_size=s.GRID_SIZE, grid_padding=s.GRID_PADDING, kernel_sigma=s.KERNEL_SIGMA,
         separable=s.SEPARABLE, uniform=s.UNIFORM, inverse_iters=s.INVERSE_ITERS,
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
-        drop_path_rate=s.DROP_PATH_RATE,
+        drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
     )
 
 
