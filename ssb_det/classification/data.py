@@ -5,8 +5,6 @@ classification set: every annotated object is cropped at its COCO box (plus some
 and saved as ``<root>/<split>/<category>/<image id>_<annotation id>.png``, i.e. the same
 ImageFolder layout as ImageNet, so one code path reads both.
 """
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -95,17 +93,6 @@ class ImageFolderDataset(Dataset):
 # ------------------------------------------------------------------------- embedded set
 
 
-@contextlib.contextmanager
-def _locked(path: str):
-    # DDP ranks and parallel test processes may build the same split at once.
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def default_embedded_root() -> str:
     """``ssb_shapes_cls`` beside the shapes dataset's cache directory."""
     from ..data.shapes import default_root
@@ -136,7 +123,7 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
     Returns:
         str: ``<root>/<split>``, an ImageFolder with one folder per shape category.
     """
-    from ..data.shapes import get_shapes_split
+    from ..data.shapes import file_lock, get_shapes_split
 
     image_dir, json_path = get_shapes_split(split, shapes_root)
     root = os.path.abspath(root or default_embedded_root())
@@ -157,7 +144,8 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
     if up_to_date():
         return out_dir
     os.makedirs(root, exist_ok=True)
-    with _locked(os.path.join(root, f".{split}.lock")):
+    # DDP ranks and parallel test processes may build the same split at once.
+    with file_lock(os.path.join(root, f".{split}.lock")):
         if up_to_date():
             return out_dir
         with open(json_path) as f:

@@ -398,9 +398,12 @@ def verify_split(split: str, root: Optional[str] = None) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _locked(path: str):
-    # Several processes (DDP workers, parallel test runs) may ask for the same split at once:
-    # one generates, the others wait and then find it complete.
+def file_lock(path: str):
+    """Exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Several processes (DDP workers, parallel test runs) may ask for the same split at once:
+    one generates, the others wait and then find it complete.
+    """
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -426,7 +429,7 @@ def get_shapes_split(split: str, root: Optional[str] = None) -> Tuple[str, str]:
     split_dir, image_dir, json_path, _ = _split_paths(split, root)
     parent = os.path.dirname(split_dir)
     os.makedirs(parent, exist_ok=True)
-    with _locked(os.path.join(parent, f".{split}.lock")):
+    with file_lock(os.path.join(parent, f".{split}.lock")):
         problem = verify_split(split, root)
         if problem is not None:
             if os.path.exists(split_dir):
