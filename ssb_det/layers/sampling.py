@@ -141,7 +141,8 @@ def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> tor
     # Both sums are linear in S, so they are one small matrix product each (see
     # _recasens_matrices): two ops instead of a pad and two convolutions, which matters on
     # a CPU shared by other processes, where every multi-threaded op can stall.
-    den_mat, off_mat = _recasens_matrices(g, int(padding), float(sigma), m.device, m.dtype)
+    # int(g): under tracing a shape entry can be a traced value, which must not key the cache.
+    den_mat, off_mat = _recasens_matrices(int(g), int(padding), float(sigma), m.device, m.dtype)
     den = m @ den_mat
     offset = (m @ off_mat) / den
     u = _pixel_centres(g, m.device, m.dtype) + offset  # phi at the cell centres, (N, G)
@@ -423,7 +424,9 @@ class SeparableGrid:
         needs_grad = torch.is_grad_enabled() and (
             y.requires_grad or self.knots_y.requires_grad or self.knots_x.requires_grad
             or (not callable(shortcut) and shortcut.requires_grad))
-        if needs_grad or y.device.type != "cpu":
+        # Tracers (TorchScript/ONNX export, fvcore) cannot record the chunked writes into
+        # slices of a preallocated output: they take the plain path.
+        if needs_grad or y.device.type != "cpu" or torch.jit.is_tracing():
             if callable(shortcut):
                 shortcut = shortcut(0, y.shape[1])
             out = self.inverse(y)
