@@ -7,6 +7,10 @@ pools its saliency over the *whole padded* map and spans its sampling map over i
 grid that samples the real image changes with the size of the padding, i.e. with the other
 images of the batch.
 
+Since ``MODEL.SSB.PADDING_AWARE`` (default True) each SSB block samples an image within its
+own size, so its sampling no longer depends on the padding; ``--compare-padding-unaware``
+adds the same models without it.
+
 This script builds a Faster R-CNN R50-FPN with the same seed as a plain ResNet
 (``MODEL.SSB.ENABLED False``) and as SSB-ResNet in several saliency states: zero saliency
 convs (the initialisation: uniform sampling) and random saliency convs scaled so that each
@@ -38,12 +42,13 @@ from ssb_det.layers import SaliencySampler
 from ssb_det.checkpoint import SSBCheckpointer
 
 
-def build_cfg(ssb_enabled: bool):
+def build_cfg(ssb_enabled: bool, padding_aware: bool = True):
     cfg = get_cfg()
     ssb_det.add_ssb_config(cfg)
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_fpn_backbone"
     cfg.MODEL.SSB.ENABLED = ssb_enabled
+    cfg.MODEL.SSB.PADDING_AWARE = padding_aware
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
@@ -181,20 +186,27 @@ def main(argv=None):
     parser.add_argument("--weights", default="", help="a trained checkpoint for both models "
                         "(loaded non-strictly; the saliency then comes from the file)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-padding-unaware", action="store_true",
+                        help="also run each SSB model with MODEL.SSB.PADDING_AWARE False")
     args = parser.parse_args(argv)
 
     gen = torch.Generator().manual_seed(args.seed)
     img_a = smooth_image(*args.size_a, gen)
     img_b = smooth_image(*args.size_b, gen)
+    awareness = (True, False) if args.compare_padding_unaware else (True,)
     if args.weights:
-        variants = [("plain ResNet-50", False, None), ("SSB-ResNet-50 (weights from file)", True, None)]
+        variants = [("plain ResNet-50", False, None, True)]
+        variants += [(f"SSB-ResNet-50 (file){'' if aware else ', unaware'}", True, None, aware)
+                     for aware in awareness]
     else:
-        variants = [("plain ResNet-50", False, None), ("SSB, uniform saliency (init)", True, None)]
-        variants += [(f"SSB, random saliency, logit std {std:g}", True, std) for std in args.logit_std]
+        variants = [("plain ResNet-50", False, None, True),
+                    ("SSB, uniform saliency (init)", True, None, True)]
+        variants += [(f"SSB, random saliency, std {std:g}{'' if aware else ', unaware'}", True,
+                      std, aware) for std in args.logit_std for aware in awareness]
     rows = []
-    for label, enabled, logit_std in variants:
+    for label, enabled, logit_std, aware in variants:
         torch.manual_seed(args.seed)
-        model = build_model(build_cfg(enabled)).eval()
+        model = build_model(build_cfg(enabled, aware)).eval()
         if args.weights:
             SSBCheckpointer(model).load(args.weights)
         elif logit_std is not None:

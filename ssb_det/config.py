@@ -71,4 +71,8 @@ def add_ssb_config(cfg):
     # Training memory: recompute the sampling passes and conv3 of SSB blocks in backward
     # instead of storing their outputs (same outputs and gradients, less peak memory).
     _C.MODEL.SSB.MEMORY_EFFICIENT = True
+    # Sample each image of a padded batch within its own size, inferred from the zero
+    # padding Detectron2 adds after normalisation: an image is then sampled as it would be
+    # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
+    _C.MODEL.SSB.PADDING_AWARE = True
     return cfg

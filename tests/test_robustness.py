@@ -13,7 +13,8 @@ import ssb_det
 from ssb_det import ssb_resnet
 from ssb_det.checkpoint import SSBCheckpointer
 from ssb_det.layers import SaliencySampler
-from ssb_det.modeling import SSBBottleneckBlock
+from ssb_det.modeling import SSBBottleneckBlock, SSBResNet, image_sizes_from_padding
+from detectron2.modeling.backbone import ResNet
 
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
@@ -133,52 +134,136 @@ def test_fpn_on_an_imagelist_of_different_sizes():
         assert torch.isfinite(out[name]).all(), name
 
 
-def _grid_rates(sampler, feature):
-    """Sampling rate (d sampled position / d input pixel) along both axes of image 0."""
-    grid = sampler(feature)
-    ys, xs = grid.inverse_positions()
-    return ys[0].diff(), xs[0].diff()
+def _padded_real_image(a, padded_size, batch_mate_seed=1):
+    """``a`` (``(1, C, h, w)``) at the top-left of a zero-padded map, next to a full-size
+    random batch-mate, as Detectron2's ImageList lays out a batch."""
+    gen = torch.Generator().manual_seed(batch_mate_seed)
+    padded = torch.zeros(2, a.shape[1], *padded_size)
+    padded[0, :, :a.shape[2], :a.shape[3]] = a[0]
+    padded[1] = torch.randn(a.shape[1], *padded_size, generator=gen)
+    return padded
 
 
-def _padding_changes_the_grid_of_the_real_image(logit_std):
-    """Largest change of the sampling rate over a 40x56 map's real rows/columns when it is
-    zero-padded to 80x96, as a larger batch-mate would pad it, relative to the mean rate.
+def _padding_changes_the_grid_of_the_real_image(logit_std, separable=True, tell_valid=True):
+    """Largest change of where the real image of a 40x56 map is sampled when it is
+    zero-padded to 80x96 next to a larger batch-mate, relative to the mean sampling step.
 
-    (Detectron2 pads after normalisation; after conv1+ReLU the padded region is not even
-    zero, so zeros are the mildest case.) The saliency conv is scaled so that the pooled
-    logits of the lone map have standard deviation ``logit_std``.
+    Separable grids: the sampling rate (step of the inverse map) over the image's rows and
+    columns. 2-D grids: the positions the image's sampled pixels read. ``tell_valid`` passes
+    the image sizes to the sampler, as SSBResNet does. The saliency conv is scaled so that
+    the pooled logits of the lone map have standard deviation ``logit_std``.
     """
     torch.manual_seed(0)
-    sampler = SaliencySampler(8, 0.5, grid_size=31, padding=30, sigma=5.5)
+    sampler = SaliencySampler(8, 0.5, grid_size=31, padding=30, sigma=5.5, separable=separable)
     a = torch.nn.functional.interpolate(torch.randn(1, 8, 5, 7), size=(40, 56), mode="bilinear",
                                         align_corners=False)  # smooth features, like real ones
     w = sampler.saliency_conv.weight
     w.data.copy_(torch.randn(w.shape))
     pooled = torch.nn.functional.adaptive_avg_pool2d(sampler.saliency_conv(a), 31)
-    w.data.mul_(logit_std / pooled.std().item())
-    padded = torch.zeros(1, 8, 80, 96)
-    padded[..., :40, :56] = a
+    w.data.mul_(logit_std / max(pooled.std().item(), 1e-12))
+    padded = _padded_real_image(a, (80, 96))
+    valid = torch.tensor([[40, 56], [80, 96]]) if tell_valid else None
     with torch.no_grad():
-        alone_y, alone_x = _grid_rates(sampler, a)
-        pad_y, pad_x = _grid_rates(sampler, padded)
-    return max((pad_y[:39] - alone_y).abs().max().item() / alone_y.abs().mean().item(),
-               (pad_x[:55] - alone_x).abs().max().item() / alone_x.abs().mean().item())
+        alone, batched = sampler(a), sampler(padded, valid)
+        if separable:
+            changes = []
+            for axis, n in ((0, 40), (1, 56)):
+                rate_alone = alone.inverse_positions()[axis][0].diff()
+                rate_batched = batched.inverse_positions()[axis][0, :n].diff()
+                changes.append((rate_batched - rate_alone).abs().max().item()
+                               / rate_alone.abs().mean().item())
+            return max(changes)
+        pos_alone = alone.sampling_positions()[0]
+        pos_batched = batched.sampling_positions()[0, :20, :28]
+        return (pos_batched - pos_alone).abs().max().item() / 2.0  # mean step: 1 / r = 2 px
 
 
 def test_uniform_sampling_of_an_image_does_not_depend_on_padding():
     # At initialisation (zero saliency conv) and with MODEL.SSB.UNIFORM the block is plain
     # bilinear resizing: with even sizes, as size_divisibility guarantees, the real image is
-    # sampled at the same positions whatever the batch-mates.
+    # sampled at the same positions whatever the batch-mates, even without its size.
+    assert _padding_changes_the_grid_of_the_real_image(logit_std=0.0, tell_valid=False) < 1e-9
     assert _padding_changes_the_grid_of_the_real_image(logit_std=0.0) < 1e-9
 
 
-@pytest.mark.xfail(strict=True, reason="known issue (issue 6 report, docs/reliability.md): the "
-                   "saliency is pooled over, and the sampling map spans, the whole padded batch "
-                   "tensor, so a learned saliency samples an image differently with larger "
-                   "batch-mates. Remove this marker once the sampler uses the valid region.")
-def test_learned_sampling_of_an_image_does_not_depend_on_padding():
-    # 10% of the mean rate: far above float error, far below what padding does now.
-    assert _padding_changes_the_grid_of_the_real_image(logit_std=1.0) < 0.1
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("logit_std", [1.0, 3.0])
+def test_learned_sampling_of_an_image_does_not_depend_on_padding(separable, logit_std):
+    # Given the image sizes, the saliency is pooled over the image only and the map spans
+    # it only: the image is sampled exactly as alone (float32 pooling: ~1e-7 changes).
+    assert _padding_changes_the_grid_of_the_real_image(logit_std, separable) < 1e-5
+    # Without them, the same saliency samples the image differently next to a larger
+    # batch-mate (what MODEL.SSB.PADDING_AWARE False does): the sizes are what matters.
+    assert _padding_changes_the_grid_of_the_real_image(logit_std, separable,
+                                                       tell_valid=False) > 0.1
+
+
+@pytest.mark.parametrize("inverse_position", ["after_conv3", "before_conv3"])
+def test_ssb_block_output_on_the_image_does_not_depend_on_padding(inverse_position):
+    # A block (random saliency, logits of std ~1.5) on a 40x56 image alone and padded to
+    # 80x96: the output on the image is the same wherever its restoring reads sampled rows
+    # and columns that the 3x3 conv computed from the image alone (all but the last one or
+    # two; a plain bottleneck's 3x3 also reads the padding at the image border).
+    torch.manual_seed(0)
+    block = SSBBottleneckBlock(16, 16, bottleneck_channels=8, norm="BN",
+                               inverse_position=inverse_position).eval()
+    block.sampler.saliency_conv.weight.data.normal_(0, 1.5)
+    x = torch.nn.functional.interpolate(torch.randn(1, 16, 5, 7), size=(40, 56),
+                                        mode="bilinear", align_corners=False)
+    padded = _padded_real_image(x, (80, 96))
+    with torch.no_grad():
+        alone = block(x)
+        block.image_extent = (torch.tensor([[40.0, 56.0], [80.0, 96.0]], dtype=torch.float64),
+                              (80, 96))
+        try:
+            batched = block(padded)
+            ys, xs = block.sampler(torch.relu(block.conv1(padded)),
+                                   block.valid_size(padded)).inverse_positions(clamp=True)
+        finally:
+            block.image_extent = None
+    rows = ys[0, :40] < 20 - 2  # reads (and interpolates between) sampled rows <= 17 of 20
+    cols = xs[0, :56] < 28 - 2
+    assert rows.sum() >= 30 and cols.sum() >= 44
+    region = batched[0, :, :40, :56][:, rows][:, :, cols]
+    torch.testing.assert_close(region, alone[0][:, rows][:, :, cols], atol=1e-5, rtol=0)
+    # Without the sizes, the same rows and columns change.
+    with torch.no_grad():
+        unaware = block(padded)[0, :, :40, :56][:, rows][:, :, cols]
+    assert (unaware - alone[0][:, rows][:, :, cols]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("sizes", [[(1, 1), (37, 250), (130, 7)], [(64, 64)], [(33, 20), (31, 40)]])
+def test_image_sizes_are_recovered_from_detectron2s_padding(sizes):
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    std = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)
+    # Whole-number pixels, including pure black and pixels rounded to the mean.
+    images = [(torch.randint(0, 256, (3, h, w), generator=gen).float() - mean) / std
+              for h, w in sizes]
+    images[0][:, -1, :] = (torch.full((3, 1), 104.0) - mean[:, 0]) / std[:, 0]  # near-mean row
+    batch = ImageList.from_tensors(images, 32)
+    torch.testing.assert_close(image_sizes_from_padding(batch.tensor),
+                               torch.tensor(batch.image_sizes, dtype=torch.float64))
+
+
+def test_padding_aware_backbone_matches_explicit_sizes_and_can_be_disabled():
+    model = narrow_r50()
+    a, b = torch.randn(3, 45, 61), torch.randn(3, 96, 128)
+    batch = ImageList.from_tensors([a, b], 32)
+    with torch.no_grad():
+        inferred = model(batch.tensor)
+        explicit = model(batch.tensor, image_sizes=torch.tensor(batch.image_sizes))
+        model.padding_aware = False
+        unaware = model(batch.tensor)
+    for name in STRIDES:
+        torch.testing.assert_close(inferred[name], explicit[name], rtol=0, atol=0)
+    assert any((inferred[n] - unaware[n]).abs().max() > 1e-3 for n in ("res3", "res4"))
+    assert isinstance(model, SSBResNet)
+    assert all(b.image_extent is None for b in model.modules()
+               if isinstance(b, SSBBottleneckBlock)), "sizes must not outlive the forward"
+    plain = ssb_resnet(depth=50, enabled=False, stem_out_channels=4, res2_out_channels=16,
+                       width_per_group=4)
+    assert type(plain) is ResNet  # the plain twin is Detectron2's class itself
 
 
 # ----------------------------------------------------------------------------- precision

@@ -140,7 +140,7 @@ def test_non_separable_inverse_is_approximately_exact():
 
     def residual_px(iters):
         grid = NonSeparableGrid(knots, (H, W), (16, 16), inverse_iters=iters)
-        target = grid._lattice(H, W)
+        target = grid._lattice(grid.valid_in, H, W)
         return ((grid._phi(grid.inverse_positions()) - target).abs() * H).mean()
 
     # Measured: 2.40 px without iterating, 0.31 px after 4 iterations (border pixels that the

@@ -24,8 +24,8 @@ __all__ = [
 
 def _grid_positions(grid):
     # Grids compute their positions lazily; a timing of "the grid" must include them.
-    grid.sampling_positions()
-    grid.inverse_positions()
+    grid.sampling_positions(clamp=True)  # what sample() uses
+    grid.inverse_positions(clamp=True)
     return grid
 
 

@@ -13,9 +13,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
-from detectron2.structures import ImageList
 
+from ..data.validation import read_image  # names the file; scales 16-bit images
 from ..checkpoint import SSBCheckpointer
 from ..layers import SaliencySampler, SeparableGrid
 from ..modeling.blocks import SSBBottleneckBlock
@@ -96,7 +95,9 @@ def collect_sampling(model: torch.nn.Module, image: torch.Tensor) -> List[BlockS
     backbone = model.backbone
     bottom_up = getattr(backbone, "bottom_up", backbone)
     x = (image.to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
-    x = ImageList.from_tensors([x], backbone.size_divisibility).tensor
+    # Not padded to size_divisibility: a padding-aware SSB block (MODEL.SSB.PADDING_AWARE)
+    # samples an image within its own size anyway, and the bottom-up network takes any size.
+    x = x[None]
     grids, handles = {}, []
     for name, module in bottom_up.named_modules():
         if isinstance(module, SSBBottleneckBlock):

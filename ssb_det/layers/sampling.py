@@ -18,6 +18,12 @@ Non-separable grid (option). The 2-D Recasens formula gives ``(u, v)`` knots on 
 ``(G + 1) x (G + 1)`` lattice; sampling uses ``grid_sample``; the inverse is approximate
 (a few fixed-point iterations ``s <- s + (t - phi(s))``).
 
+Valid regions. In a padded batch (Detectron2 pads every image to the largest one) each
+image may cover only the top-left ``v_y x v_x`` pixels of the map. Given those sizes, the
+saliency of an image is pooled over its own region, its map ``phi`` spans that region, the
+first ``round(r * v)`` sampled rows/columns cover it, and the rest spread uniformly over the
+padding: an image is sampled exactly as it would be alone, whatever its batch-mates.
+
 The grid is always computed in float64 (float32 on MPS), whatever the features' dtype, so reduced precision
 and extreme saliency logits cannot make it leave the image or turn non-finite.
 """
@@ -41,6 +47,7 @@ __all__ = [
     "invert_knots",
     "linear_resample",
     "separable_resample",
+    "valid_pooling_matrices",
 ]
 
 # Share of a uniform distribution mixed into the saliency marginals. It keeps every
@@ -221,6 +228,65 @@ def invert_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (idx.to(knots.dtype) + frac) / kk
 
 
+def valid_pooling_matrices(valid: torch.Tensor, size: int, cells: int, dtype) -> torch.Tensor:
+    """Adaptive average pooling of each image's first ``valid`` lines into ``cells`` cells.
+
+    Row ``k`` of image ``n`` averages lines ``[floor(k v / G), ceil((k + 1) v / G))``: the
+    windows of ``F.adaptive_avg_pool2d`` on a map of ``v`` lines, so pooling a padded map with
+    these matrices gives what pooling the image alone gives.
+
+    Args:
+        valid (Tensor): ``(N,)`` valid lengths (whole numbers in ``[1, size]``).
+        size (int): length of the padded axis.
+        cells (int): number of output cells ``G``.
+        dtype: dtype of the result.
+
+    Returns:
+        Tensor: ``(N, G, size)``; each row sums to 1 and is 0 over the padding.
+    """
+    v = valid.round().long()[:, None]
+    k = torch.arange(cells, device=valid.device)[None]
+    start = (k * v) // cells
+    end = ((k + 1) * v + cells - 1) // cells
+    lines = torch.arange(size, device=valid.device)
+    inside = (lines >= start[..., None]) & (lines < end[..., None])
+    return inside.to(dtype) / (end - start)[..., None].to(dtype)
+
+
+def _two_segment_positions(phi, n_dst: int, n_src: int, v_dst: torch.Tensor,
+                           v_src: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """Source pixel coordinates ``(N, n_dst)`` read by each destination line of an axis.
+
+    Lines ``j < v_dst`` hold the image: they read ``phi((j + .5) / v_dst) * v_src - .5``
+    (``phi`` maps normalised destination to normalised source coordinates of the valid
+    region). The remaining lines spread uniformly over the source's padding,
+    ``[v_src, n_src)`` (its last line when it has none). With ``v`` equal to the full lengths
+    this is the plain formula ``phi((j + .5) / n) * N - .5``.
+
+    Args:
+        phi (callable): ``(N, L)`` normalised positions -> ``(N, L)`` normalised positions.
+        n_dst, n_src (int): axis lengths of destination and source.
+        v_dst, v_src (Tensor): ``(N,)`` valid lengths, in the grid's dtype.
+        clamp (bool): clamp the image's lines to its own source lines ``[0, v_src - 1]``, as
+            interpolation must (otherwise they lie in ``[-0.5, v_src - 0.5]``, where the map
+            puts them).
+    """
+    j = torch.arange(n_dst, device=v_dst.device, dtype=v_dst.dtype)[None]
+    vd, vs = v_dst[:, None], v_src[:, None]
+    t = ((j + 0.5) / vd).clamp(max=1.0)
+    inside = phi(t) * vs - 0.5
+    if clamp:
+        inside = torch.minimum(inside.clamp(min=0.0), vs - 1)
+    pad_lines = (n_dst - vd).clamp(min=1.0)
+    outside = vs + (j - vd + 0.5) * (n_src - vs) / pad_lines - 0.5
+    outside = torch.maximum(outside.clamp(max=n_src - 1.0), torch.clamp(vs, max=n_src - 1.0))
+    return torch.where(j < vd, inside, outside)
+
+
+def _full_lengths(batch: int, length: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((batch,), float(length), device=like.device, dtype=like.dtype)
+
+
 def linear_resample(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
     """1-D linear interpolation of ``x`` along ``dim`` (2 or 3) at per-image positions.
 
@@ -361,45 +427,68 @@ class SeparableGrid:
         knots_x (Tensor): ``(N, G + 1)`` knots of the column map.
         in_size (tuple[int, int]): full size ``(H, W)``.
         out_size (tuple[int, int]): sampled size ``(h, w)``.
+        valid_in (Tensor or None): ``(N, 2)`` rows and columns of each image's region of the
+            full map (the knots span that region); None: the whole map.
+        valid_out (Tensor or None): ``(N, 2)`` rows and columns of the sampled map that
+            cover that region (the rest cover the padding); given with ``valid_in``.
     """
 
-    def __init__(self, knots_y, knots_x, in_size: Tuple[int, int], out_size: Tuple[int, int]):
+    def __init__(self, knots_y, knots_x, in_size: Tuple[int, int], out_size: Tuple[int, int],
+                 valid_in: Optional[torch.Tensor] = None,
+                 valid_out: Optional[torch.Tensor] = None):
         self.knots_y, self.knots_x = knots_y, knots_x
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
-        self._fwd = None
-        self._inv = None
+        if (valid_in is None) != (valid_out is None):
+            raise ValueError("valid_in and valid_out must be given together")
+        n = knots_y.shape[0]
+        if valid_in is None:
+            self.valid_in = torch.stack([_full_lengths(n, self.in_size[0], knots_y),
+                                         _full_lengths(n, self.in_size[1], knots_y)], 1)
+            self.valid_out = torch.stack([_full_lengths(n, self.out_size[0], knots_y),
+                                          _full_lengths(n, self.out_size[1], knots_y)], 1)
+        else:
+            self.valid_in = valid_in.to(knots_y.dtype)
+            self.valid_out = valid_out.to(knots_y.dtype)
+        self._positions = {}
 
-    def sampling_positions(self):
-        """Input pixel coordinates read by each sampled row and column: ``(N,h)``, ``(N,w)``."""
-        if self._fwd is None:
-            (H, W), (h, w) = self.in_size, self.out_size
-            ky, kx = self.knots_y, self.knots_x
-            ys = interp_knots(ky, _pixel_centres(h, ky.device, ky.dtype)) * H - 0.5
-            xs = interp_knots(kx, _pixel_centres(w, kx.device, kx.dtype)) * W - 0.5
-            self._fwd = (ys, xs)
-        return self._fwd
+    def _lines(self, inverse: bool, clamp: bool):
+        """Row and column coordinates (cached): see :func:`_two_segment_positions`."""
+        key = (inverse, clamp)
+        if key not in self._positions:
+            vi, vo = self.valid_in, self.valid_out
+            if inverse:
+                phi, n_dst, n_src, v_dst, v_src = invert_knots, self.in_size, self.out_size, vi, vo
+            else:
+                phi, n_dst, n_src, v_dst, v_src = interp_knots, self.out_size, self.in_size, vo, vi
+            self._positions[key] = tuple(
+                _two_segment_positions(functools.partial(phi, knots), n_dst[a], n_src[a],
+                                       v_dst[:, a], v_src[:, a], clamp)
+                for a, knots in enumerate((self.knots_y, self.knots_x)))
+        return self._positions[key]
 
-    def inverse_positions(self):
+    def sampling_positions(self, clamp: bool = False):
+        """Input pixel coordinates read by each sampled row and column: ``(N,h)``, ``(N,w)``.
+
+        Args:
+            clamp (bool): clamp to the pixels interpolation reads (see ``_two_segment_positions``).
+        """
+        return self._lines(False, clamp)
+
+    def inverse_positions(self, clamp: bool = False):
         """Sampled-map pixel coordinates read by each full-size row and column."""
-        if self._inv is None:
-            (H, W), (h, w) = self.in_size, self.out_size
-            ky, kx = self.knots_y, self.knots_x
-            ys = invert_knots(ky, _pixel_centres(H, ky.device, ky.dtype)) * h - 0.5
-            xs = invert_knots(kx, _pixel_centres(W, kx.device, kx.dtype)) * w - 0.5
-            self._inv = (ys, xs)
-        return self._inv
+        return self._lines(True, clamp)
 
     def sample(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, C, h, w)``."""
         (H, W), (h, w) = self.in_size, self.out_size
-        ys, xs = self.sampling_positions()
+        ys, xs = self.sampling_positions(clamp=True)
         return separable_resample(x, _interp_taps(ys, H), _interp_taps(xs, W), (h, w),
                                   rows_first=True)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w) -> (N, C, H, W)``: puts sampled values back where they came from."""
         (H, W), (h, w) = self.in_size, self.out_size
-        ys, xs = self.inverse_positions()
+        ys, xs = self.inverse_positions(clamp=True)
         return separable_resample(y, _interp_taps(ys, h), _interp_taps(xs, w), (H, W),
                                   rows_first=False)
 
@@ -434,7 +523,7 @@ class SeparableGrid:
                 else out + shortcut
             return out.relu_()
         (H, W), (h, w) = self.in_size, self.out_size
-        ys, xs = self.inverse_positions()
+        ys, xs = self.inverse_positions(clamp=True)
         row_taps, col_taps = _interp_taps(ys, h), _interp_taps(xs, w)
         n, c = y.shape[:2]
         per_channel = max(n * H * W * y.element_size(), 1)
@@ -467,50 +556,92 @@ class NonSeparableGrid:
         in_size (tuple[int, int]): full size ``(H, W)``.
         out_size (tuple[int, int]): sampled size ``(h, w)``.
         inverse_iters (int): fixed-point iterations of the inverse.
+        valid_in, valid_out (Tensor or None): as :class:`SeparableGrid`. Pixels outside an
+            image's region (in either map) follow the separable two-segment maps with the
+            identity inside, so only the image's own pixels are sampled by the 2-D map.
     """
 
-    def __init__(self, knots, in_size, out_size, inverse_iters: int = 4):
+    def __init__(self, knots, in_size, out_size, inverse_iters: int = 4,
+                 valid_in: Optional[torch.Tensor] = None,
+                 valid_out: Optional[torch.Tensor] = None):
         self.knots = knots
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
         self.inverse_iters = inverse_iters
+        if (valid_in is None) != (valid_out is None):
+            raise ValueError("valid_in and valid_out must be given together")
+        n = knots.shape[0]
+        if valid_in is None:
+            valid_in = torch.stack([_full_lengths(n, self.in_size[0], knots),
+                                    _full_lengths(n, self.in_size[1], knots)], 1)
+            valid_out = torch.stack([_full_lengths(n, self.out_size[0], knots),
+                                     _full_lengths(n, self.out_size[1], knots)], 1)
+        self.valid_in = valid_in.to(knots.dtype)
+        self.valid_out = valid_out.to(knots.dtype)
 
     def _phi(self, s: torch.Tensor) -> torch.Tensor:
         # s: (N, h, w, 2) in [0, 1] (x, y) -> phi(s) in the same layout.
         out = F.grid_sample(self.knots, s * 2 - 1, mode="bilinear", align_corners=True)
         return out.permute(0, 2, 3, 1)
 
-    def _lattice(self, h, w):
-        dev, dt = self.knots.device, self.knots.dtype
-        ys, xs = _pixel_centres(h, dev, dt), _pixel_centres(w, dev, dt)
-        t = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)
-        return t.expand(self.knots.shape[0], h, w, 2)
+    def _lattice(self, valid: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``(N, h, w, 2)`` pixel centres ``(x, y)`` normalised by each image's ``valid``
+        size, clamped to 1 (pixels past the region are replaced by the caller)."""
+        dt = self.knots.dtype
+        ys = torch.arange(h, device=valid.device, dtype=dt)[None]
+        xs = torch.arange(w, device=valid.device, dtype=dt)[None]
+        ty = ((ys + 0.5) / valid[:, :1]).clamp(max=1.0)
+        tx = ((xs + 0.5) / valid[:, 1:]).clamp(max=1.0)
+        n = valid.shape[0]
+        return torch.stack([tx[:, None, :].expand(n, h, w), ty[:, :, None].expand(n, h, w)], -1)
+
+    def _to_pixels(self, s, v_dst, v_src, n_dst, n_src, identity=lambda t: t):
+        """Normalised positions ``s`` (``(N, h, w, 2)`` on the source's regions) -> source
+        pixel coordinates, with pixels outside the destination's regions on the separable
+        two-segment maps."""
+        h, w = n_dst
+        scale = v_src.flip(1)[:, None, None, :]  # (x, y) order
+        inside_pix = torch.minimum((s * scale - 0.5).clamp(min=0.0), scale - 1)
+        py = _two_segment_positions(identity, h, n_src[0], v_dst[:, 0], v_src[:, 0])
+        px = _two_segment_positions(identity, w, n_src[1], v_dst[:, 1], v_src[:, 1])
+        plain = torch.stack([px[:, None, :].expand(-1, h, w), py[:, :, None].expand(-1, h, w)], -1)
+        rows = torch.arange(h, device=s.device, dtype=s.dtype)[None, :, None] < v_dst[:, :1, None]
+        cols = torch.arange(w, device=s.device, dtype=s.dtype)[None, None, :] < v_dst[:, 1:, None]
+        return torch.where((rows & cols)[..., None], inside_pix, plain)
 
     def sampling_positions(self):
         """``(N, h, w, 2)`` input pixel coordinates ``(x, y)`` read by each sampled pixel."""
-        (H, W), (h, w) = self.in_size, self.out_size
-        uv = self._phi(self._lattice(h, w))
-        return uv * torch.tensor([W, H], device=uv.device, dtype=uv.dtype) - 0.5
+        (h, w) = self.out_size
+        uv = self._phi(self._lattice(self.valid_out, h, w))
+        return self._to_pixels(uv, self.valid_out, self.valid_in, (h, w), self.in_size)
+
+    @staticmethod
+    def _grid(pixels, size):
+        """Pixel coordinates ``(x, y)`` -> ``grid_sample``'s ``[-1, 1]`` (align_corners=False)."""
+        h, w = size
+        return (pixels + 0.5) / pixels.new_tensor([w, h]) * 2 - 1
 
     def sample(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.out_size
-        grid = self._phi(self._lattice(h, w)) * 2 - 1
+        grid = self._grid(self.sampling_positions(), self.in_size)
         out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
                             align_corners=False)
         return out.to(x.dtype)
 
     def inverse_positions(self) -> torch.Tensor:
-        """``(N, H, W, 2)`` normalised positions ``s`` with ``phi(s) ~ t`` per full-size pixel.
+        """``(N, H, W, 2)`` normalised positions ``s`` of the sampled map read by each full-size
+        pixel: ``phi(s) ~ t`` on an image's region.
 
         Fixed-point iterations ``s <- s + (t - phi(s))`` from ``s = t``; exact for the
         identity. Near borders the clamped 2-D map may not reach ``t`` at all; there ``s``
         stops at the nearest reachable position.
         """
         H, W = self.in_size
-        target = self._lattice(H, W)
+        target = self._lattice(self.valid_in, H, W)
         s = target
         for _ in range(self.inverse_iters):
             s = (s + (target - self._phi(s))).clamp(0.0, 1.0)
-        return s
+        pixels = self._to_pixels(s, self.valid_in, self.valid_out, (H, W), self.out_size)
+        h, w = self.out_size
+        return (pixels + 0.5) / pixels.new_tensor([w, h])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         s = self.inverse_positions()
@@ -574,8 +705,14 @@ class SaliencySampler(nn.Module):
     def out_size(self, h: int, w: int) -> Tuple[int, int]:
         return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
 
-    def saliency(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, G, G)`` saliency distribution in grid precision (sums to 1 per image)."""
+    def saliency(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(N, G, G)`` saliency distribution in grid precision (sums to 1 per image).
+
+        Args:
+            x (Tensor): ``(N, C, H, W)`` features.
+            valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region;
+                the saliency is pooled over that region only. None: the whole map.
+        """
         n, g = x.shape[0], self.grid_size
         if self.uniform:
             return _grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
@@ -585,43 +722,82 @@ class SaliencySampler(nn.Module):
         # convolved first: the 1-channel conv reads the map once at memory speed, while
         # pooling f channels into overlapping adaptive windows is several times slower.
         weight = self.saliency_conv.weight
+        full_precision = x.dtype in (torch.float32, torch.float64)
+        dtype = x.dtype if full_precision else torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if x.dtype in (torch.float32, torch.float64):
-                logits = F.adaptive_avg_pool2d(F.conv2d(x, weight.to(x.dtype)), (g, g))
-            else:
-                dtype = torch.promote_types(x.dtype, torch.float32)  # half -> float32
-                pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
-                logits = F.conv2d(pooled, weight.to(dtype))
+            if valid_size is None:
+                if full_precision:
+                    logits = F.adaptive_avg_pool2d(F.conv2d(x, weight.to(x.dtype)), (g, g))
+                else:
+                    pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
+                    logits = F.conv2d(pooled, weight.to(dtype))
+            else:  # the same windows, over each image's region (see valid_pooling_matrices)
+                H, W = x.shape[-2:]
+                rows = valid_pooling_matrices(valid_size[:, 0], H, g, x.dtype)[:, None]
+                cols = valid_pooling_matrices(valid_size[:, 1], W, g, x.dtype)[:, None]
+                if full_precision:
+                    logits = rows @ F.conv2d(x, weight.to(x.dtype)) @ cols.transpose(2, 3)
+                else:
+                    pooled = (rows @ x @ cols.transpose(2, 3)).to(dtype)
+                    logits = F.conv2d(pooled, weight.to(dtype))
         logits = _grid_dtype(logits).flatten(1)
         return torch.softmax(logits, dim=1).view(n, g, g)
 
-    def forward(self, x: torch.Tensor):
+    def _valid_sizes(self, valid_size, in_size, device):
+        """Checked ``(N, 2)`` valid sizes of the full map and of the sampled map (grid dtype)."""
+        H, W = in_size
+        v = _grid_dtype(torch.as_tensor(valid_size, device=device))
+        if v.dim() != 2 or v.shape[1] != 2:
+            raise ValueError(f"valid_size must have shape (N, 2), got {tuple(v.shape)}")
+        v = torch.minimum(v.round().clamp(min=1.0), v.new_tensor([H, W]))
+        out = torch.floor(v * self.ratio + 0.5).clamp(min=1.0)  # sampled_size, per image
+        return v, out
+
+    def forward(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None):
         """Build the grid for feature map ``x`` (``(N, C, H, W)``).
+
+        Args:
+            x (Tensor): the features the saliency is predicted from.
+            valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region
+                of a padded batch (clamped to ``[1, H] x [1, W]``); each image is then
+                sampled as if it were alone. None: every image fills the map.
 
         Returns:
             SeparableGrid or NonSeparableGrid: call ``.sample`` / ``.inverse`` on it.
         """
         H, W = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
+            if valid_size is not None:
+                valid_size = self._valid_sizes(valid_size, (H, W), x.device)[0]
             if self.separable and self.uniform:
                 n, g = x.shape[0], self.grid_size
                 ky = kx = _grid_dtype(identity_knots(n, g, x.device))
-                return SeparableGrid(ky, kx, (H, W), self.out_size(H, W))
-            return self.grid_from_saliency(self.saliency(x), (H, W))
+                return self._grid(ky, kx, None, (H, W), valid_size)
+            return self.grid_from_saliency(self.saliency(x, valid_size), (H, W), valid_size)
 
-    def grid_from_saliency(self, saliency: torch.Tensor, in_size: Tuple[int, int]):
+    def grid_from_saliency(self, saliency: torch.Tensor, in_size: Tuple[int, int],
+                           valid_size: Optional[torch.Tensor] = None):
         """The sampling grid of a saliency distribution (what :meth:`forward` returns).
 
         Args:
             saliency (Tensor): ``(N, G, G)``, as :meth:`saliency` returns.
             in_size (tuple[int, int]): full size ``(H, W)`` of the feature map.
+            valid_size (Tensor or None): as :meth:`forward`.
         """
-        H, W = in_size
-        out_size = self.out_size(H, W)
         with torch.autocast(device_type=saliency.device.type, enabled=False):
             if self.separable:
                 ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
                 kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
-                return SeparableGrid(ky, kx, (H, W), out_size)
+                return self._grid(ky, kx, None, in_size, valid_size)
             knots = recasens_knots_2d(saliency, self.padding, self.sigma)
-            return NonSeparableGrid(knots, (H, W), out_size, self.inverse_iters)
+            return self._grid(None, None, knots, in_size, valid_size)
+
+    def _grid(self, ky, kx, knots, in_size, valid_size):
+        H, W = in_size
+        out_size = self.out_size(H, W)
+        valid = (None, None)
+        if valid_size is not None:
+            valid = self._valid_sizes(valid_size, (H, W), valid_size.device)
+        if knots is None:
+            return SeparableGrid(ky, kx, (H, W), out_size, *valid)
+        return NonSeparableGrid(knots, (H, W), out_size, self.inverse_iters, *valid)

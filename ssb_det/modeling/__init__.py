@@ -2,6 +2,8 @@
 from .blocks import RSBottleneckBlock, RSStem, SSBBottleneckBlock
 from .backbone import (
     BLOCKS_PER_STAGE,
+    SSBResNet,
+    image_sizes_from_padding,
     build_ssb_resnet_backbone,
     build_ssb_resnet_fpn_backbone,
     build_ssb_retinanet_resnet_fpn_backbone,

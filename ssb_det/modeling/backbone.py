@@ -5,7 +5,9 @@ classification-pretraining model all call it. Stages are assembled with
 ``ResNet.make_stage``, so feature names are ``res2..res5`` and ``FREEZE_AT`` works as for
 Detectron2's ResNet.
 """
-from typing import Sequence
+from typing import Optional, Sequence
+
+import torch
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -18,6 +20,8 @@ from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, RSStem, SSBBottleneckB
 
 __all__ = [
     "BLOCKS_PER_STAGE",
+    "SSBResNet",
+    "image_sizes_from_padding",
     "ssb_resnet",
     "ssb_resnet_kwargs_from_cfg",
     "build_ssb_resnet_backbone",
@@ -32,6 +36,75 @@ BLOCKS_PER_STAGE = {
     152: [3, 8, 36, 3],
     200: [3, 24, 36, 3],
 }
+
+
+def image_sizes_from_padding(images: torch.Tensor) -> torch.Tensor:
+    """Sizes of the images of a zero-padded batch: ``(N, 2)`` rows and columns (float64).
+
+    Detectron2 normalises each image, ``(x - PIXEL_MEAN) / PIXEL_STD``, and then pads the batch
+    with zeros (``ImageList.from_tensors``). An image's extent is its last row (column) with a
+    non-zero value in any channel. A real border row is exactly zero only where every pixel
+    equals ``PIXEL_MEAN``, which no whole-number pixel does with Detectron2's fractional
+    means; were it to happen, that row is merely sampled like padding.
+
+    Args:
+        images (Tensor): ``(N, C, H, W)`` batch tensor.
+    """
+    content = images.ne(0).any(dim=1)  # (N, H, W)
+    rows, cols = content.any(dim=2), content.any(dim=1)
+    index_h = torch.arange(1, rows.shape[1] + 1, device=images.device)
+    index_w = torch.arange(1, cols.shape[1] + 1, device=images.device)
+    last_row = (rows * index_h).amax(dim=1)
+    last_col = (cols * index_w).amax(dim=1)
+    return torch.stack([last_row, last_col], 1).clamp(min=1).to(torch.float64)
+
+
+class SSBResNet(ResNet):
+    """Detectron2's ``ResNet`` whose SSB blocks sample each image's own region of the batch.
+
+    Detectron2 pads a batch to its largest image. A plain ResNet sees that padding only near
+    an image's border; an SSB block would also pool its saliency over, and spread its
+    sampling map across, the padding, so an image would be sampled differently next to larger
+    batch-mates. With ``padding_aware`` each forward tells the SSB blocks every image's
+    size, and each block samples an image exactly as it would sample it alone.
+
+    Args:
+        stem, stages, num_classes, out_features, freeze_at: as Detectron2's ``ResNet``.
+        padding_aware (bool): infer the image sizes of a zero-padded batch
+            (:func:`image_sizes_from_padding`) when ``forward`` is not given them.
+    """
+
+    def __init__(self, stem, stages, num_classes=None, out_features=None, freeze_at=0,
+                 padding_aware: bool = True):
+        super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
+                         freeze_at=freeze_at)
+        self.padding_aware = bool(padding_aware)
+        self._ssb_blocks = [b for stage in self.stages for b in stage
+                            if isinstance(b, SSBBottleneckBlock)]
+
+    def forward(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
+        """As ``ResNet.forward``.
+
+        Args:
+            x (Tensor): ``(N, C, H, W)`` batch.
+            image_sizes (Tensor or None): ``(N, 2)`` height and width of each image in ``x``
+                (e.g. ``ImageList.image_sizes``). None: inferred from the zero padding if
+                ``padding_aware``, else every image fills ``x``. Tracing (export) records a
+                fixed input, so nothing is inferred there.
+        """
+        if image_sizes is None and self.padding_aware and not torch.jit.is_tracing():
+            image_sizes = image_sizes_from_padding(x)
+        if image_sizes is None or not self._ssb_blocks:
+            return super().forward(x)
+        extent = (torch.as_tensor(image_sizes, device=x.device, dtype=torch.float64),
+                  tuple(x.shape[-2:]))
+        for block in self._ssb_blocks:
+            block.image_extent = extent
+        try:
+            return super().forward(x)
+        finally:
+            for block in self._ssb_blocks:
+                block.image_extent = None
 
 
 def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled):
@@ -87,6 +160,7 @@ def ssb_resnet(
     se_ratio: float = 0.25,
     drop_path_rate: float = 0.0,
     memory_efficient: bool = True,
+    padding_aware: bool = True,
 ) -> ResNet:
     """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
 
@@ -174,6 +248,9 @@ def ssb_resnet(
         stages.append(blocks)
         out_ch *= 2
         bottleneck *= 2
+    if any(isinstance(b, SSBBottleneckBlock) for stage in stages for b in stage):
+        return SSBResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at,
+                         padding_aware=padding_aware)
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
 
 
@@ -196,6 +273,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         separable=s.SEPARABLE, uniform=s.UNIFORM, inverse_iters=s.INVERSE_ITERS,
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
+        padding_aware=s.PADDING_AWARE,
     )
 
 

@@ -147,10 +147,26 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
             sigma=kernel_sigma, separable=separable, uniform=uniform, inverse_iters=inverse_iters,
         )
+        # Set by SSBResNet.forward for the duration of one forward: ``(sizes, (H, W))``, the
+        # ``(N, 2)`` image sizes of a padded batch and the batch tensor's size, in input
+        # pixels. None: every image fills the map.
+        self.image_extent = None
+
+    def valid_size(self, a):
+        """``(N, 2)`` rows and columns of each image's region of the map ``a``, or None.
+
+        A stride-s layer maps ``v`` input pixels to ``ceil(v / s)`` (padding 1 for 3x3,
+        3 for the 7x7 stem), so the region scales with the map: ``ceil(v * H_a / H)``.
+        """
+        if self.image_extent is None:
+            return None
+        sizes, (H, W) = self.image_extent
+        scale = sizes.new_tensor([a.shape[-2] / H, a.shape[-1] / W])
+        return torch.ceil(sizes * scale - 1e-6)
 
     def forward(self, x):
         a = F.relu_(self.conv1(x))
-        grid = self.sampler(a)
+        grid = self.sampler(a, self.valid_size(a))
         if self.memory_efficient and self._needs_grad(a, grid):
             return self._forward_recomputing(a, grid, self._shortcut(x))
         b = F.relu_(self.conv2(grid.sample(a)))
@@ -215,8 +231,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         # Positions first, outside the recomputed segments: grids cache them, and a segment
         # must save the same tensors when it is recomputed.
         if isinstance(grid, SeparableGrid):
-            grid.sampling_positions()
-            grid.inverse_positions()
+            grid.sampling_positions(clamp=True)
+            grid.inverse_positions(clamp=True)
         s = checkpoint(grid.sample, a, use_reentrant=False)
         b = F.relu_(self.conv2(s))
         if self.inverse_position == "after_conv3":
