@@ -159,3 +159,29 @@ def test_unknown_config_key_is_detectron2s_error(tmp_path):
     # yacs' merge_from_list reports unknown KEY VALUE pairs with an AssertionError.
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.RESNETS.NOT_A_KEY"):
         setup(Args)
+
+
+def test_weights_with_other_input_conventions_are_refused(tmp_path):
+    from ssb_det.checkpoint import atomic_torch_save
+    from ssb_det.engine import WeightsConventionError, check_weights_conventions
+
+    rgb = {"INPUT.FORMAT": "RGB", "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+           "MODEL.RESNETS.STRIDE_IN_1X1": False}
+    path = str(tmp_path / "converted.pth")
+    atomic_torch_save({"model": {}, "conventions": rgb}, path)
+    cfg = load_cfg("ssb_r50_fpn_1x.yaml", ["MODEL.WEIGHTS", path])  # MSRA: BGR, std 1, True
+    with pytest.raises(WeightsConventionError) as err:
+        check_weights_conventions(cfg)
+    message = str(err.value)
+    for key in rgb:
+        assert key in message
+    assert "Append to the command line: INPUT.FORMAT" in message
+    # The same file with a config that follows its conventions passes.
+    ok = load_cfg("ssb_r50_fpn_1x.yaml", ["MODEL.WEIGHTS", path, "INPUT.FORMAT", "RGB",
+                                           "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
+                                           "MODEL.RESNETS.STRIDE_IN_1X1", "False"])
+    check_weights_conventions(ok)
+    # Files without a record (MSRA .pkl, plain checkpoints) are not checked.
+    atomic_torch_save({"model": {}}, str(tmp_path / "plain.pth"))
+    check_weights_conventions(load_cfg("ssb_r50_fpn_1x.yaml",
+                                       ["MODEL.WEIGHTS", str(tmp_path / "plain.pth")]))

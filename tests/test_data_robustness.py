@@ -288,3 +288,58 @@ def test_embedded_dataset_passes_validation():
     first = json.load(open(meta.json_file))["images"][0]["file_name"]
     image = read_image(os.path.join(meta.image_root, first), "BGR")
     assert image.ndim == 3 and image.shape[2] == 3
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+
+def _registered(tmp_path, json_text=None, images=()):
+    """A COCO-format dataset registered as Detectron2 users do (register_coco_instances)."""
+    root = tmp_path / "imgs"
+    root.mkdir(exist_ok=True)
+    for file_name, data in images:
+        (root / file_name).write_bytes(data)
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json_text)
+    name = f"user_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(json_file), str(root))
+    return name, str(json_file), root
+
+
+def test_pipeline_refuses_a_json_that_is_not_coco_before_building_anything(tmp_path):
+    # Detectron2 would load "{}" as an empty dataset and fail later with "Dataset is empty".
+    name, json_file, _ = _registered(tmp_path, "{}")
+    try:
+        with pytest.raises(InvalidDatasetError) as err:
+            check_datasets_available([name])
+        assert json_file in str(err.value) and "no 'images' list" in str(err.value)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_training_loader_error_names_the_corrupt_image(tmp_path):
+    from ssb_det.data import DatasetItemError
+    from ssb_det.engine import Trainer
+
+    good = cv2.imencode(".jpg", np.full((40, 56, 3), 90, np.uint8))[1].tobytes()
+    truncated = good[: len(good) // 2]
+    text = json.dumps({"images": [_image(1), _image(2)],
+                       "annotations": [_ann(1, 1, [5, 5, 20, 15]), _ann(2, 2, [5, 5, 20, 15])],
+                       "categories": [{"id": 1, "name": "thing"}]})
+    name, _, root = _registered(tmp_path, text, [("1.jpg", truncated), ("2.jpg", truncated)])
+    try:
+        check_datasets_available([name])  # valid COCO: the problem is in the image files
+        cfg = get_cfg()
+        ssb_det.add_ssb_config(cfg)
+        cfg.DATASETS.TRAIN = (name,)
+        cfg.DATALOADER.NUM_WORKERS = 0
+        cfg.SOLVER.IMS_PER_BATCH = 1
+        with pytest.raises(DatasetItemError) as err:
+            next(iter(Trainer.build_train_loader(cfg)))
+        assert str(root) in str(err.value) and "truncated" in str(err.value).lower()
+        with pytest.raises(DatasetItemError, match=str(root)):
+            next(iter(Trainer.build_test_loader(cfg, name)))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -15,7 +15,7 @@ from detectron2.engine import default_argument_parser
 
 from ssb_det.compat import launch  # Detectron2's launch; gloo workers on CPU-only machines
 from ssb_det.data import DatasetNotFoundError
-from ssb_det.engine import main
+from ssb_det.engine import WeightsConventionError, main
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
@@ -23,5 +23,5 @@ if __name__ == "__main__":
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except DatasetNotFoundError as e:
+    except (DatasetNotFoundError, WeightsConventionError) as e:
         sys.exit(f"train_net.py: error: {e}")

@@ -4,7 +4,13 @@ Importing this package (``import ssb_det`` does) registers ``ssb_shapes_train``,
 ``ssb_shapes_val`` and the tests' ``ssb_shapes_mini_train`` / ``ssb_shapes_mini_val`` in
 Detectron2's ``DatasetCatalog`` and ``MetadataCatalog``; their files are generated on first use.
 """
-from .checks import DatasetNotFoundError, check_datasets_available, prepare_dataset
+from .checks import (
+    DatasetItemError,
+    DatasetNotFoundError,
+    FileNamingDatasetMapper,
+    check_datasets_available,
+    prepare_dataset,
+)
 from .shapes import CATEGORIES, SPLITS, get_shapes_split, register_shapes_datasets
 
 register_shapes_datasets()
@@ -12,7 +18,9 @@ register_shapes_datasets()
 __all__ = [
     "CATEGORIES",
     "SPLITS",
+    "DatasetItemError",
     "DatasetNotFoundError",
+    "FileNamingDatasetMapper",
     "check_datasets_available",
     "get_shapes_split",
     "prepare_dataset",

@@ -4,20 +4,48 @@ Detectron2 registers COCO and other public datasets under ``$DETECTRON2_DATASETS
 ``./datasets``, relative to the working directory) whether or not the files exist, and a
 missing file then surfaces deep inside the data loader. :func:`check_datasets_available`
 fails first, naming the paths it expected, the variable that moves them and the quickstart
-that needs no download.
+that needs no download. It also validates each COCO-format annotation file
+(:func:`ssb_det.data.validation.validate_coco_json`), so that a file that is not COCO is
+refused before anything is built, naming the file and every problem.
+
+:class:`FileNamingDatasetMapper` is Detectron2's ``DatasetMapper`` whose errors name the
+image file they happened on (Detectron2's do not, for a truncated file, say).
 """
 import os
 from typing import Iterable, List
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 from .shapes import get_shapes_split
+from .validation import ImageReadError, validate_coco_json
 
-__all__ = ["DatasetNotFoundError", "check_datasets_available", "prepare_dataset"]
+__all__ = ["DatasetNotFoundError", "DatasetItemError", "FileNamingDatasetMapper",
+           "check_datasets_available", "prepare_dataset"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset named by the config has no files where Detectron2 looks for them."""
+
+
+class DatasetItemError(RuntimeError):
+    """Reading or transforming one dataset item failed; the message names its image file."""
+
+
+class FileNamingDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper``; an error while reading or transforming an item is
+    re-raised as :class:`DatasetItemError` naming the image file (the original exception is
+    chained). Constructed like ``DatasetMapper`` (``FileNamingDatasetMapper(cfg, is_train)``).
+    """
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (ImageReadError, DatasetItemError):
+            raise
+        except Exception as e:
+            raise DatasetItemError(
+                f"{dataset_dict.get('file_name', '<no file_name>')}: {type(e).__name__}: {e}"
+            ) from e
 
 
 def prepare_dataset(dataset_name: str) -> None:
@@ -47,6 +75,8 @@ def check_datasets_available(dataset_names: Iterable[str]) -> None:
     Raises:
         KeyError: a name is not registered (Detectron2's own message, listing the known ones).
         DatasetNotFoundError: a registered dataset's annotation or image path does not exist.
+        ssb_det.data.validation.InvalidDatasetError: a COCO-format dataset's annotation file
+            is not valid COCO (the message names the file and lists the problems).
     """
     problems = []
     for name in dataset_names:
@@ -58,6 +88,10 @@ def check_datasets_available(dataset_names: Iterable[str]) -> None:
         missing = _missing_paths(name)
         if missing:
             problems.append(f"dataset '{name}' not found; expected\n    " + "\n    ".join(missing))
+            continue
+        meta = MetadataCatalog.get(name)
+        if meta.get("evaluator_type") == "coco" and isinstance(meta.get("json_file"), str):
+            validate_coco_json(meta.json_file, meta.get("image_root"))
     if problems:
         root = os.environ.get("DETECTRON2_DATASETS")
         where = (f"DETECTRON2_DATASETS={root}" if root else

@@ -16,14 +16,15 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..data.validation import read_image  # names the file; scales 16-bit images
 from ..checkpoint import SSBCheckpointer, atomic_write_text
 from ..config import add_ssb_config
+from .train import check_weights_conventions
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -81,6 +82,7 @@ def setup_demo_cfg(config_file: str, opts: Sequence[str], confidence_threshold: 
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
     cfg.freeze()
+    check_weights_conventions(cfg)
     return cfg
 
 

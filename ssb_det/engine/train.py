@@ -17,18 +17,24 @@ import weakref
 from collections import OrderedDict
 
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import SSBCheckpointer, atomic_write_text
+from ..checkpoint import SSBCheckpointer, atomic_write_text, load_checkpoint_file
 from ..compat import coco_evaluator
 from ..config import add_ssb_config
-from ..data import check_datasets_available, prepare_dataset
+from ..convert import conventions_mismatch
+from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
 
-__all__ = ["Trainer", "setup", "main", "EVAL_RESULTS_FILE"]
+__all__ = ["Trainer", "setup", "main", "check_weights_conventions", "WeightsConventionError",
+           "EVAL_RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +73,17 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:  # idempotent where the parent already loaded it
             self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader; errors of an item name its image file."""
+        return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader; errors of an item name its image file."""
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=FileNamingDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -108,6 +125,44 @@ class Trainer(DefaultTrainer):
         return results
 
 
+class WeightsConventionError(ValueError):
+    """``MODEL.WEIGHTS`` records input conventions that the config contradicts."""
+
+
+def check_weights_conventions(cfg) -> None:
+    """Refuse ``MODEL.WEIGHTS`` whose recorded input conventions the config contradicts.
+
+    Files written by ``tools/convert_weights.py`` and ``tools/pretrain_cls.py --export-d2``
+    record the config keys their network expects (``conventions``: input format, pixel
+    mean/std, stride placement, host). Feeding RGB weights BGR images, say, trains and
+    evaluates without any error, only worse; this makes it an error instead. Files without
+    the record (Detectron2's MSRA ``.pkl``, remote ``detectron2://`` URLs, training
+    checkpoints of this pipeline) are not checked.
+
+    Args:
+        cfg (CfgNode): the run's config.
+
+    Raises:
+        WeightsConventionError: listing each contradicted key and the override that fixes it.
+    """
+    path = cfg.MODEL.WEIGHTS
+    if not path or "://" in path or path.endswith(".pkl") or not os.path.isfile(path):
+        return
+    data = load_checkpoint_file(path)
+    conventions = data.get("conventions") if isinstance(data, dict) else None
+    if not conventions:
+        return
+    problems = conventions_mismatch(cfg, conventions)
+    if problems:
+        fix = " ".join(f"{k} {json.dumps(v) if isinstance(v, (list, str)) else v}"
+                       for k, v in conventions.items())
+        raise WeightsConventionError(
+            f"MODEL.WEIGHTS {path} was made for other input conventions than the config's:\n  "
+            + "\n  ".join(problems)
+            + f"\nAppend to the command line: {fix}  (see docs/pipeline.md, MODEL.WEIGHTS)"
+        )
+
+
 def setup(args):
     """Build the frozen config of a run and set up logging, seeding and ``OUTPUT_DIR``.
 
@@ -145,8 +200,11 @@ def main(args):
 
     Raises:
         ssb_det.data.DatasetNotFoundError: a dataset of the config has no files.
+        WeightsConventionError: see :func:`check_weights_conventions`.
     """
     cfg = setup(args)
+    if not args.resume:  # a resumed run loads its own checkpoint, not MODEL.WEIGHTS
+        check_weights_conventions(cfg)
     if args.eval_only:
         check_datasets_available(cfg.DATASETS.TEST)
         model = Trainer.build_model(cfg)
