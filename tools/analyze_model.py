@@ -16,25 +16,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssb_det.analysis.cli import analyze_main  # noqa: E402
+from ssb_det.analysis.cli import (  # noqa: E402
+    add_model_arguments,
+    add_opts_argument,
+    analyze_main,
+)
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", default=None,
-                   help="model config (YAML path or model-zoo name); default: Faster R-CNN "
-                        "with the SSB-R50-FPN backbone")
-    p.add_argument("--baseline", default=None,
-                   help="baseline config; default: the config's twin with MODEL.SSB.ENABLED "
-                        "False; 'none' to skip the comparison")
-    p.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"),
-                   help="input height and width")
+    add_model_arguments(p)
     p.add_argument("--no-detector", action="store_true",
                    help="count only the bottom-up network and the backbone with FPN")
     p.add_argument("--output", default=None,
                    help="write <output>.md and <output>.csv (a directory: analysis.md/.csv in it)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="KEY VALUE config overrides applied to both configs")
+    add_opts_argument(p)
     return p
 
 

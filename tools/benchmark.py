@@ -19,17 +19,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssb_det.analysis.cli import benchmark_main  # noqa: E402
+from ssb_det.analysis.cli import (  # noqa: E402
+    add_model_arguments,
+    add_opts_argument,
+    benchmark_main,
+)
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", default=None,
-                   help="model config (YAML path or model-zoo name); default: Faster R-CNN "
-                        "with the SSB-R50-FPN backbone")
-    p.add_argument("--baseline", default=None,
-                   help="baseline config; default: the config with MODEL.SSB.ENABLED False")
-    p.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"))
+    add_model_arguments(p)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=5, help="timed runs per model and mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
@@ -52,8 +51,7 @@ def get_parser():
     p.add_argument("--chart", default=None, help="write a PNG chart here")
     p.add_argument("--output", default=None,
                    help="write <output>.md/.csv/.json (a directory: benchmark.* in it)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="KEY VALUE config overrides applied to both configs")
+    add_opts_argument(p)
     return p
 
 

@@ -18,14 +18,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssb_det.analysis.cli import visualize_main  # noqa: E402
+from ssb_det.analysis.cli import (  # noqa: E402
+    add_model_arguments,
+    add_opts_argument,
+    visualize_main,
+)
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", default=None,
-                   help="config with an SSB backbone (YAML path or model-zoo name); default: "
-                        "Faster R-CNN with the SSB-R50-FPN backbone")
+    add_model_arguments(p, baseline=False, size=False)
     p.add_argument("--weights", default=None,
                    help="checkpoint (.pth/.pkl); default: none (untrained: uniform sampling)")
     p.add_argument("--input", required=True, help="input image")
@@ -33,8 +35,7 @@ def get_parser():
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
     p.add_argument("--palette", action="store_true",
                    help="256-colour PNGs (a fraction of the size, e.g. for documentation)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="KEY VALUE config overrides")
+    add_opts_argument(p)
     return p
 
 

@@ -1,11 +1,40 @@
 """Entry points of the analysis command-line tools (``tools/*.py`` only parse arguments)."""
+import argparse
 import os
 
 from ..checkpoint import atomic_write_text
 from .models import baseline_twin, load_cfg
 from .report import analyze_cfg, format_csv, format_markdown
 
-__all__ = ["output_paths", "resolve_configs", "analyze_main", "benchmark_main", "visualize_main"]
+__all__ = ["add_model_arguments", "add_opts_argument", "output_paths", "resolve_configs", "analyze_main",
+           "benchmark_main", "visualize_main"]
+
+
+def add_model_arguments(parser, baseline: bool = True, size: bool = True):
+    """The options every analysis tool shares: ``--config-file``, ``--baseline``, ``--size``
+    and trailing ``KEY VALUE`` config overrides (``opts``, add them last).
+
+    Args:
+        parser (argparse.ArgumentParser): the tool's parser.
+        baseline (bool): add ``--baseline``.
+        size (bool): add ``--size H W`` (default 800 1216).
+    """
+    parser.add_argument("--config-file", default=None,
+                        help="model config (YAML path or model-zoo name); default: Faster "
+                             "R-CNN with the SSB-R50-FPN backbone")
+    if baseline:
+        parser.add_argument("--baseline", default=None,
+                            help="baseline config; default: the config's twin with "
+                                 "MODEL.SSB.ENABLED False; 'none' to skip the comparison")
+    if size:
+        parser.add_argument("--size", type=int, nargs=2, default=(800, 1216),
+                            metavar=("H", "W"), help="input height and width")
+
+
+def add_opts_argument(parser):
+    """Trailing ``KEY VALUE`` config overrides (``opts``), as Detectron2's tools take them."""
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE config overrides (applied to the baseline too)")
 
 
 def output_paths(output: str, stem: str, extensions):
