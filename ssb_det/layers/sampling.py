@@ -283,8 +283,16 @@ def _two_segment_positions(phi, n_dst: int, n_src: int, v_dst: torch.Tensor,
     return torch.where(j < vd, inside, outside)
 
 
-def _full_lengths(batch: int, length: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((batch,), float(length), device=like.device, dtype=like.dtype)
+def _region_sizes(knots: torch.Tensor, in_size, out_size, valid_in, valid_out):
+    """``(valid_in, valid_out)`` of a grid in the knots' dtype: the given ``(N, 2)`` sizes,
+    or (both None) every image filling both maps."""
+    if (valid_in is None) != (valid_out is None):
+        raise ValueError("valid_in and valid_out must be given together")
+    if valid_in is None:
+        n = knots.shape[0]
+        valid_in = knots.new_tensor([in_size]).expand(n, 2)
+        valid_out = knots.new_tensor([out_size]).expand(n, 2)
+    return valid_in.to(knots.dtype), valid_out.to(knots.dtype)
 
 
 def linear_resample(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
@@ -438,17 +446,8 @@ class SeparableGrid:
                  valid_out: Optional[torch.Tensor] = None):
         self.knots_y, self.knots_x = knots_y, knots_x
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
-        if (valid_in is None) != (valid_out is None):
-            raise ValueError("valid_in and valid_out must be given together")
-        n = knots_y.shape[0]
-        if valid_in is None:
-            self.valid_in = torch.stack([_full_lengths(n, self.in_size[0], knots_y),
-                                         _full_lengths(n, self.in_size[1], knots_y)], 1)
-            self.valid_out = torch.stack([_full_lengths(n, self.out_size[0], knots_y),
-                                          _full_lengths(n, self.out_size[1], knots_y)], 1)
-        else:
-            self.valid_in = valid_in.to(knots_y.dtype)
-            self.valid_out = valid_out.to(knots_y.dtype)
+        self.valid_in, self.valid_out = _region_sizes(knots_y, self.in_size, self.out_size,
+                                                      valid_in, valid_out)
         self._positions = {}
 
     def _lines(self, inverse: bool, clamp: bool):
@@ -567,16 +566,8 @@ class NonSeparableGrid:
         self.knots = knots
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
         self.inverse_iters = inverse_iters
-        if (valid_in is None) != (valid_out is None):
-            raise ValueError("valid_in and valid_out must be given together")
-        n = knots.shape[0]
-        if valid_in is None:
-            valid_in = torch.stack([_full_lengths(n, self.in_size[0], knots),
-                                    _full_lengths(n, self.in_size[1], knots)], 1)
-            valid_out = torch.stack([_full_lengths(n, self.out_size[0], knots),
-                                     _full_lengths(n, self.out_size[1], knots)], 1)
-        self.valid_in = valid_in.to(knots.dtype)
-        self.valid_out = valid_out.to(knots.dtype)
+        self.valid_in, self.valid_out = _region_sizes(knots, self.in_size, self.out_size,
+                                                      valid_in, valid_out)
 
     def _phi(self, s: torch.Tensor) -> torch.Tensor:
         # s: (N, h, w, 2) in [0, 1] (x, y) -> phi(s) in the same layout.
@@ -594,11 +585,15 @@ class NonSeparableGrid:
         n = valid.shape[0]
         return torch.stack([tx[:, None, :].expand(n, h, w), ty[:, :, None].expand(n, h, w)], -1)
 
-    def _to_pixels(self, s, v_dst, v_src, n_dst, n_src, identity=lambda t: t):
+    def _to_pixels(self, s, v_dst, v_src, n_dst, n_src):
         """Normalised positions ``s`` (``(N, h, w, 2)`` on the source's regions) -> source
         pixel coordinates, with pixels outside the destination's regions on the separable
         two-segment maps."""
         h, w = n_dst
+
+        def identity(t):
+            return t
+
         scale = v_src.flip(1)[:, None, None, :]  # (x, y) order
         inside_pix = torch.minimum((s * scale - 0.5).clamp(min=0.0), scale - 1)
         py = _two_segment_positions(identity, h, n_src[0], v_dst[:, 0], v_src[:, 0])
@@ -767,13 +762,13 @@ class SaliencySampler(nn.Module):
         """
         H, W = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if valid_size is not None:
-                valid_size = self._valid_sizes(valid_size, (H, W), x.device)[0]
+            valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)
             if self.separable and self.uniform:
                 n, g = x.shape[0], self.grid_size
                 ky = kx = _grid_dtype(identity_knots(n, g, x.device))
-                return self._grid(ky, kx, None, (H, W), valid_size)
-            return self.grid_from_saliency(self.saliency(x, valid_size), (H, W), valid_size)
+                return self._grid(ky, kx, None, (H, W), valid)
+            saliency = self.saliency(x, None if valid is None else valid[0])
+            return self._grid_of_saliency(saliency, (H, W), valid)
 
     def grid_from_saliency(self, saliency: torch.Tensor, in_size: Tuple[int, int],
                            valid_size: Optional[torch.Tensor] = None):
@@ -784,20 +779,26 @@ class SaliencySampler(nn.Module):
             in_size (tuple[int, int]): full size ``(H, W)`` of the feature map.
             valid_size (Tensor or None): as :meth:`forward`.
         """
+        valid = None
+        if valid_size is not None:
+            valid = self._valid_sizes(valid_size, in_size, saliency.device)
+        return self._grid_of_saliency(saliency, in_size, valid)
+
+    def _grid_of_saliency(self, saliency, in_size, valid):
+        """:meth:`grid_from_saliency` with sizes checked by :meth:`_valid_sizes` (or None)."""
         with torch.autocast(device_type=saliency.device.type, enabled=False):
             if self.separable:
                 ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
                 kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
-                return self._grid(ky, kx, None, in_size, valid_size)
+                return self._grid(ky, kx, None, in_size, valid)
             knots = recasens_knots_2d(saliency, self.padding, self.sigma)
-            return self._grid(None, None, knots, in_size, valid_size)
+            return self._grid(None, None, knots, in_size, valid)
 
-    def _grid(self, ky, kx, knots, in_size, valid_size):
+    def _grid(self, ky, kx, knots, in_size, valid):
+        """The grid object; ``valid`` is :meth:`_valid_sizes`' pair or None."""
         H, W = in_size
         out_size = self.out_size(H, W)
-        valid = (None, None)
-        if valid_size is not None:
-            valid = self._valid_sizes(valid_size, (H, W), valid_size.device)
+        valid = (None, None) if valid is None else valid
         if knots is None:
             return SeparableGrid(ky, kx, (H, W), out_size, *valid)
         return NonSeparableGrid(knots, (H, W), out_size, self.inverse_iters, *valid)
