@@ -17,7 +17,7 @@ from typing import Iterable, List
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 from .shapes import get_shapes_split
-from .validation import ImageReadError, validate_coco_json
+from .validation import validate_coco_json
 
 __all__ = ["DatasetNotFoundError", "DatasetItemError", "FileNamingDatasetMapper",
            "check_datasets_available", "prepare_dataset"]
@@ -40,8 +40,6 @@ class FileNamingDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict):
         try:
             return super().__call__(dataset_dict)
-        except (ImageReadError, DatasetItemError):
-            raise
         except Exception as e:
             raise DatasetItemError(
                 f"{dataset_dict.get('file_name', '<no file_name>')}: {type(e).__name__}: {e}"
