@@ -75,4 +75,9 @@ def add_ssb_config(cfg):
     # padding Detectron2 adds after normalisation: an image is then sampled as it would be
     # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
     _C.MODEL.SSB.PADDING_AWARE = True
+    # Inference only: an SSB block with an identity shortcut writes its output into its
+    # input's memory (the previous block's output, read by no one else), sparing a fresh
+    # full-size map per block. Same values; off while gradients are needed, while tracing
+    # and while forward hooks are registered in the stages. *(speed; default by benchmark)*
+    _C.MODEL.SSB.INPLACE_TAIL = True
     return cfg

@@ -273,3 +273,76 @@ def test_memory_efficient_key_reaches_the_blocks():
     assert blocks and not any(b.memory_efficient for b in blocks)
     blocks = [m for m in build_backbone(make_cfg()).modules() if isinstance(m, SSBBottleneckBlock)]
     assert all(b.memory_efficient for b in blocks)
+
+
+def _narrow_ssb_r50(**kwargs):
+    torch.manual_seed(0)
+    model = ssb_det.ssb_resnet(depth=50, norm="FrozenBN", stem_out_channels=8,
+                               res2_out_channels=32, width_per_group=8, **kwargs).eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():  # trained-like saliency: non-uniform sampling
+        if isinstance(m, SSBBottleneckBlock):
+            w = m.sampler.saliency_conv.weight
+            w.data.copy_(torch.randn(w.shape, generator=gen))
+    return model
+
+
+def _spy_on_ssb_blocks(model):
+    """Record, per SSB block call, whether it owned its input and wrote its output there
+    (an instance ``forward``: no hook, which would switch the in-place tail off)."""
+    calls = []
+    for name, block in model.named_modules():
+        if isinstance(block, SSBBottleneckBlock):
+            def forward(x, block=block, name=name, inner=block.forward):
+                out = inner(x)
+                calls.append((name, block.shortcut is None, block.owns_input,
+                              out.data_ptr() == x.data_ptr()))
+                return out
+            block.forward = forward
+    return calls
+
+
+def test_inplace_tail_overwrites_only_identity_block_inputs_and_changes_no_value():
+    model = _narrow_ssb_r50()
+    calls = _spy_on_ssb_blocks(model)
+    x = torch.randn(2, 3, 75, 98)
+    x_before = x.clone()
+    with torch.no_grad():
+        inplace = model(x)
+        assert calls and all(owned == identity and wrote == identity
+                             for _, identity, owned, wrote in calls)
+        assert any(identity for _, identity, _, _ in calls)
+        calls.clear()
+        model.inplace_tail = False
+        fresh = model(x)
+        assert not any(owned or wrote for _, _, owned, wrote in calls)
+    assert torch.equal(x, x_before)
+    for name in inplace:
+        torch.testing.assert_close(inplace[name], fresh[name], rtol=0, atol=0)
+    assert not any(b.owns_input for b in model.modules() if isinstance(b, SSBBottleneckBlock))
+
+
+def test_inplace_tail_is_off_with_gradients_and_with_forward_hooks():
+    model = _narrow_ssb_r50()
+    calls = _spy_on_ssb_blocks(model)
+    x = torch.randn(1, 3, 64, 64)
+    model(x)  # gradients enabled
+    assert calls and not any(owned for _, _, owned, _ in calls)
+    # A hook keeping res2.1's output: res2.2 must not overwrite it.
+    kept = {}
+    handle = model.res2[1].register_forward_hook(
+        lambda module, inputs, output: kept.setdefault("res2.1", output))
+    calls.clear()
+    with torch.no_grad():
+        model(x)
+        handle.remove()
+        expected = model.res2[1](model.res2[0](model.stem(x)))
+    assert calls and not any(owned for _, _, owned, _ in calls)
+    # (Not bit-equal: the blocks called alone are not told the image size, which changes
+    # the rounding; an overwritten output would differ by the whole next block.)
+    torch.testing.assert_close(kept["res2.1"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inplace_tail_key_reaches_the_backbone():
+    assert build_backbone(make_cfg()).bottom_up.inplace_tail is True
+    assert build_backbone(make_cfg(INPLACE_TAIL=False)).bottom_up.inplace_tail is False

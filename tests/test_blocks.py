@@ -119,3 +119,59 @@ def test_rs_stem_output_stride_and_channels():
     stem = RSStem(3, 64, stem_width=32, norm="BN")
     assert stem.stride == 4 and stem.out_channels == 64
     assert stem(torch.randn(1, 3, 63, 97)).shape == (1, 64, 16, 25)
+
+
+def _nonuniform_grid(n=2, size=(23, 30), ratio=0.5, separable=True, seed=0):
+    torch.manual_seed(seed)
+    sampler = SaliencySampler(8, ratio, grid_size=7, padding=6, sigma=2.0, separable=separable)
+    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+    with torch.no_grad():
+        return sampler(torch.randn(n, 8, *size))
+
+
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_fused_tail_over_many_chunks_equals_the_unfused_expression(monkeypatch, separable,
+                                                                   overwrite):
+    import ssb_det.layers.sampling as sampling
+
+    # A few channels per chunk: the chunk loop, not one whole-map call, is what runs.
+    monkeypatch.setattr(sampling, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 4)
+    grid = _nonuniform_grid(separable=separable)
+    y = torch.randn(2, 16, 12, 15)
+    shortcut = torch.randn(2, 16, 23, 30)
+    expected = torch.relu(grid.inverse(y) + shortcut)
+    given = shortcut.clone()
+    with torch.no_grad():
+        out = grid.inverse_add_relu(y, given, overwrite_shortcut=overwrite)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    # Overwriting means the result lives in the shortcut's memory and nothing else changed.
+    assert (out.data_ptr() == given.data_ptr()) == overwrite
+    if not overwrite:
+        assert torch.equal(given, shortcut)
+
+
+def test_fused_tail_never_overwrites_a_shortcut_of_another_dtype():
+    grid = _nonuniform_grid()
+    y = torch.randn(2, 4, 12, 15, dtype=torch.float64)
+    shortcut = torch.randn(2, 4, 23, 30)
+    given = shortcut.clone()
+    with torch.no_grad():
+        out = grid.inverse_add_relu(y, given, overwrite_shortcut=True)
+    assert out.dtype == torch.float64 and torch.equal(given, shortcut)
+    torch.testing.assert_close(out, torch.relu(grid.inverse(y) + shortcut))
+
+
+def test_fused_tail_with_a_chunked_projection_shortcut_equals_the_block_with_gradients():
+    # No gradient: the projection is computed chunk by chunk inside the fused loop; with
+    # gradients the block takes the unfused path. Same values.
+    torch.manual_seed(0)
+    block = SSBBottleneckBlock(16, 32, bottleneck_channels=8, norm="FrozenBN",
+                               sampling_ratio=0.5, grid_size=5, grid_padding=4,
+                               kernel_sigma=1.5).eval()
+    torch.nn.init.normal_(block.sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 16, 21, 17)
+    with torch.no_grad():
+        fused = block(x)
+    unfused = block(x.requires_grad_())
+    torch.testing.assert_close(fused, unfused.detach(), atol=1e-5, rtol=1e-5)

@@ -135,9 +135,10 @@ def run_benchmark(cfg, base_cfg, setup: BenchmarkSetup, *, parts: Sequence[str] 
                 block, inp = block_input(net, x, stage, 1)
                 blocks[label] = block
             with _autocast(setup):
-                result["blocks"][stage] = block_breakdown(blocks, inp, iters=setup.iters,
-                                                          warmup=setup.warmup,
-                                                          clock=setup.clock)
+                result["blocks"][stage] = block_breakdown(
+                    blocks, inp, iters=setup.iters, warmup=setup.warmup, clock=setup.clock,
+                    inplace_tail={label: getattr(net, "inplace_tail", False)
+                                  for label, net in nets.items()})
     if macs:
         log("counting MACs (fvcore)...")
         result["macs"] = {label: part_macs(d.cpu(), setup.height, setup.width)

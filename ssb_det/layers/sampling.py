@@ -491,7 +491,8 @@ class SeparableGrid:
         return separable_resample(y, _interp_taps(ys, h), _interp_taps(xs, w), (H, W),
                                   rows_first=False)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut, overwrite_shortcut: bool = False
+                         ) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
 
         Same values as the unfused expression. In CPU inference (no gradient needed) it runs
@@ -503,6 +504,11 @@ class SeparableGrid:
             y (Tensor): ``(N, C, h, w)`` sampled map.
             shortcut (Tensor or callable): ``(N, C, H, W)``, or a function ``(start, stop)``
                 returning its channels ``[start, stop)`` (computed chunk by chunk then).
+            overwrite_shortcut (bool): the caller no longer needs the ``shortcut`` tensor: the
+                chunked path may write the result into it (each chunk of the shortcut is read
+                before the same chunk of the output is written) instead of allocating a new
+                map - at full size, fresh memory costs page faults on every call. Used only
+                where the result has the shortcut's dtype.
         """
         if callable(shortcut):
             channels = shortcut
@@ -529,6 +535,9 @@ class SeparableGrid:
         step = max(1, min(c, CPU_CHUNK_BYTES // per_channel))
         bags = {}  # indices and weights of a chunk depend only on its number of channels
         out = None
+        if overwrite_shortcut and not callable(shortcut) and \
+                torch.result_type(y, shortcut) == shortcut.dtype:
+            out = shortcut
         for start in range(0, c, step):
             stop = min(start + step, c)
             part = separable_resample(y[:, start:stop], row_taps, col_taps, (H, W),
@@ -644,11 +653,16 @@ class NonSeparableGrid:
                             align_corners=False)
         return out.to(y.dtype)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut, overwrite_shortcut: bool = False
+                         ) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`."""
         if callable(shortcut):
             shortcut = shortcut(0, y.shape[1])
-        return torch.relu_(self.inverse(y) + shortcut)
+        restored = self.inverse(y)
+        if overwrite_shortcut and not (torch.is_grad_enabled() and shortcut.requires_grad) \
+                and torch.result_type(restored, shortcut) == shortcut.dtype:
+            return shortcut.add_(restored).relu_()
+        return torch.relu_(restored + shortcut)
 
 
 class SaliencySampler(nn.Module):

@@ -5,6 +5,7 @@ classification-pretraining model all call it. Stages are assembled with
 ``ResNet.make_stage``, so feature names are ``res2..res5`` and ``FREEZE_AT`` works as for
 Detectron2's ResNet.
 """
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -72,13 +73,19 @@ class SSBResNet(ResNet):
         stem, stages, num_classes, out_features, freeze_at: as Detectron2's ``ResNet``.
         padding_aware (bool): infer the image sizes of a zero-padded batch
             (:func:`image_sizes_from_padding`) when ``forward`` is not given them.
+        inplace_tail (bool): in inference, let SSB blocks with an identity shortcut write
+            their output into their input's memory. That input is the previous block's
+            output, which only the next block reads, so no fresh full-size map is allocated
+            per block. Not done while gradients are needed, while tracing, or while forward
+            hooks are registered in the stages (a hook may keep a block's output).
     """
 
     def __init__(self, stem, stages, num_classes=None, out_features=None, freeze_at=0,
-                 padding_aware: bool = True):
+                 padding_aware: bool = True, inplace_tail: bool = True):
         super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.padding_aware = bool(padding_aware)
+        self.inplace_tail = bool(inplace_tail)
         self._ssb_blocks = [b for stage in self.stages for b in stage
                             if isinstance(b, SSBBottleneckBlock)]
 
@@ -92,19 +99,49 @@ class SSBResNet(ResNet):
                 ``padding_aware``, else every image fills ``x``. Tracing (export) records a
                 fixed input, so nothing is inferred there.
         """
-        if image_sizes is None and self.padding_aware and not torch.jit.is_tracing():
-            image_sizes = image_sizes_from_padding(x)
-        if image_sizes is None or not self._ssb_blocks:
+        with self.block_state(x, image_sizes):
             return super().forward(x)
-        extent = (torch.as_tensor(image_sizes, device=x.device, dtype=torch.float64),
-                  tuple(x.shape[-2:]))
+
+    @contextlib.contextmanager
+    def block_state(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
+        """Within this context, the SSB blocks know what a forward of ``x`` tells them: each
+        image's size and whether they may overwrite their input. ``forward`` runs in it;
+        tools timing one stage on its own enter it with the network input so the stage runs
+        as in the whole network.
+
+        Args:
+            x (Tensor): the network input ``(N, C, H, W)``.
+            image_sizes (Tensor or None): as in :meth:`forward`.
+        """
+        tracing = torch.jit.is_tracing()
+        if image_sizes is None and self.padding_aware and not tracing:
+            image_sizes = image_sizes_from_padding(x)
+        extent = None
+        if image_sizes is not None:
+            extent = (torch.as_tensor(image_sizes, device=x.device, dtype=torch.float64),
+                      tuple(x.shape[-2:]))
+        # An identity block's input is always the previous block of its stage's output (the
+        # first block of every stage projects), never ``x`` nor a returned feature.
+        inplace = (self.inplace_tail and not torch.is_grad_enabled() and not tracing
+                   and not self._stages_hooked())
         for block in self._ssb_blocks:
             block.image_extent = extent
+            block.owns_input = inplace and block.shortcut is None
         try:
-            return super().forward(x)
+            yield
         finally:
             for block in self._ssb_blocks:
                 block.image_extent = None
+                block.owns_input = False
+
+    def _stages_hooked(self) -> bool:
+        """Whether a forward hook could see (and keep) a block's input or output."""
+        from torch.nn.modules import module as module_lib
+
+        if module_lib._global_forward_hooks or module_lib._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks
+                   for stage in self.stages for m in stage.modules())
 
 
 def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled):
@@ -161,6 +198,7 @@ def ssb_resnet(
     drop_path_rate: float = 0.0,
     memory_efficient: bool = True,
     padding_aware: bool = True,
+    inplace_tail: bool = True,
 ) -> ResNet:
     """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
 
@@ -189,6 +227,10 @@ def ssb_resnet(
         drop_path_rate (float): stochastic depth of the last block, linear from 0.
         memory_efficient (bool): SSB blocks recompute their sampling passes and conv3 in
             backward instead of storing them.
+        padding_aware (bool): SSB blocks sample each image of a zero-padded batch within its
+            own size (see :class:`SSBResNet`).
+        inplace_tail (bool): in inference, identity-shortcut SSB blocks write their output
+            into their input's memory (see :class:`SSBResNet`).
 
     Returns:
         ResNet: a Detectron2 backbone with ``res2..res5`` features.
@@ -250,7 +292,7 @@ def ssb_resnet(
         bottleneck *= 2
     if any(isinstance(b, SSBBottleneckBlock) for stage in stages for b in stage):
         return SSBResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at,
-                         padding_aware=padding_aware)
+                         padding_aware=padding_aware, inplace_tail=inplace_tail)
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
 
 
@@ -273,7 +315,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         separable=s.SEPARABLE, uniform=s.UNIFORM, inverse_iters=s.INVERSE_ITERS,
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
-        padding_aware=s.PADDING_AWARE,
+        padding_aware=s.PADDING_AWARE, inplace_tail=s.INPLACE_TAIL,
     )
 
 

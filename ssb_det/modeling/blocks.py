@@ -151,6 +151,10 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         # ``(N, 2)`` image sizes of a padded batch and the batch tensor's size, in input
         # pixels. None: every image fills the map.
         self.image_extent = None
+        # Set by SSBResNet.forward in inference when no one else reads this block's input
+        # (an identity block's input is the previous block's output): the fused tail may
+        # then write the output into it.
+        self.owns_input = False
 
     def valid_size(self, a):
         """``(N, 2)`` rows and columns of each image's region of the map ``a``, or None.
@@ -177,7 +181,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            return grid.inverse_add_relu(c, self._shortcut_channels(x))
+            return grid.inverse_add_relu(c, self._shortcut_channels(x),
+                                         overwrite_shortcut=self.owns_input)
         out = self._residual_tail(self.conv3(grid.inverse(b)))
         out = out + self._shortcut(x)
         return F.relu_(out)
