@@ -175,3 +175,48 @@ def test_fused_tail_with_a_chunked_projection_shortcut_equals_the_block_with_gra
         fused = block(x)
     unfused = block(x.requires_grad_())
     torch.testing.assert_close(fused, unfused.detach(), atol=1e-5, rtol=1e-5)
+
+
+needs_compiler = pytest.mark.skipif(
+    __import__("shutil").which("g++") is None,
+    reason="MODEL.SSB.COMPILED_SAMPLING needs a C++ compiler for torch.compile (inductor)")
+
+
+@pytest.mark.slow  # compiles four kernels (seconds each on two cores)
+@needs_compiler
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_compiled_sampling_kernels_compute_what_the_eager_passes_compute(overwrite):
+    # float64, so that the comparison sees the function, not float32 rounding.
+    grid = _nonuniform_grid()
+    grid.knots_y, grid.knots_x = grid.knots_y.double(), grid.knots_x.double()
+    a = torch.randn(2, 8, 23, 30, dtype=torch.float64)
+    y = torch.randn(2, 16, 12, 15, dtype=torch.float64)
+    shortcut = torch.randn(2, 16, 23, 30, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(grid.sample(a, compiled=True), grid.sample(a),
+                                   rtol=1e-12, atol=1e-12)
+        expected = grid.inverse_add_relu(y, shortcut.clone())
+        given = shortcut.clone()
+        out = grid.inverse_add_relu(y, given, overwrite_shortcut=overwrite, compiled=True)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert (out.data_ptr() == given.data_ptr()) == overwrite
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_sampling_block_equals_the_eager_block_and_trains_eagerly():
+    torch.manual_seed(0)
+    block = SSBBottleneckBlock(32, 32, bottleneck_channels=8, norm="FrozenBN",
+                               sampling_ratio=0.5, grid_size=5, grid_padding=4,
+                               kernel_sigma=1.5).double().eval()
+    torch.nn.init.normal_(block.sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 32, 21, 26, dtype=torch.float64)
+    with torch.no_grad():
+        eager = block(x)
+        block.compiled_sampling = True
+        compiled = block(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    # With gradients the eager passes run (the option is for inference).
+    out = block(x.requires_grad_())
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

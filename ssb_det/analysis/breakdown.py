@@ -92,7 +92,8 @@ def block_steps(block: nn.Module, x: torch.Tensor, inplace_tail: bool = False
                                                                                    in_size))
             s = grid.sample(a)
             b = F.relu(block.conv2(s))
-            steps["sample"] = lambda: grid.sample(a)
+            compiled = block.compiled_sampling
+            steps["sample"] = lambda: grid.sample(a, compiled=compiled)
             steps["conv3x3"] = lambda: F.relu_(block.conv2(s))
             if block.inverse_position == "after_conv3":
                 c = tail(block.conv3(b))
@@ -102,9 +103,10 @@ def block_steps(block: nn.Module, x: torch.Tensor, inplace_tail: bool = False
                 if overwrites:
                     fused_out = shortcut.clone()
                     steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(
-                        c, fused_out, overwrite_shortcut=True)
+                        c, fused_out, overwrite_shortcut=True, compiled=compiled)
                 else:
-                    steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(c, shortcut)
+                    steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(
+                        c, shortcut, compiled=compiled)
             else:
                 restored = grid.inverse(b)
                 full = tail(block.conv3(restored))
