@@ -162,8 +162,8 @@ def test_fused_tail_never_overwrites_a_shortcut_of_another_dtype():
     torch.testing.assert_close(out, torch.relu(grid.inverse(y) + shortcut))
 
 
-def test_fused_tail_with_a_chunked_projection_shortcut_equals_the_block_with_gradients():
-    # No gradient: the projection is computed chunk by chunk inside the fused loop; with
+def test_projection_block_fused_tail_equals_the_block_with_gradients():
+    # No gradient: the fused tail writes into the block's own projection output; with
     # gradients the block takes the unfused path. Same values.
     torch.manual_seed(0)
     block = SSBBottleneckBlock(16, 32, bottleneck_channels=8, norm="FrozenBN",
@@ -171,8 +171,10 @@ def test_fused_tail_with_a_chunked_projection_shortcut_equals_the_block_with_gra
                                kernel_sigma=1.5).eval()
     torch.nn.init.normal_(block.sampler.saliency_conv.weight, std=1.0)
     x = torch.randn(2, 16, 21, 17)
+    x_before = x.clone()
     with torch.no_grad():
         fused = block(x)
+    assert torch.equal(x, x_before)  # a projection block never writes into its input
     unfused = block(x.requires_grad_())
     torch.testing.assert_close(fused, unfused.detach(), atol=1e-5, rtol=1e-5)
 

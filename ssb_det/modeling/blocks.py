@@ -7,7 +7,7 @@ into an SSB-R50 by name; only the saliency convs (``sampler.saliency_conv``) are
 """
 import torch
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, get_norm
+from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 from fvcore.nn import weight_init
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
@@ -180,7 +180,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             return self._forward_recomputing(a, grid, self._shortcut(x))
         b = F.relu_(self.conv2(grid.sample(a, compiled=self.compiled_sampling)))
         if self.inverse_position == "after_conv3":
-            if self.compiled_sampling and self.shortcut is None:
+            if self.compiled_sampling:
                 # The compiled restore reads rows of the map as it is.
                 c = self._residual_tail(self.conv3(b))
             else:
@@ -191,41 +191,15 @@ class SSBBottleneckBlock(RSBottleneckBlock):
                 c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            return grid.inverse_add_relu(c, self._shortcut_channels(x),
-                                         overwrite_shortcut=self.owns_input,
+            # A projection's output is this block's own; its input is overwritten only when
+            # SSBResNet says no one else reads it.
+            return grid.inverse_add_relu(c, self._shortcut(x),
+                                         overwrite_shortcut=self.shortcut is not None
+                                         or self.owns_input,
                                          compiled=self.compiled_sampling)
         out = self._residual_tail(self.conv3(grid.inverse(b)))
         out = out + self._shortcut(x)
         return F.relu_(out)
-
-    def _shortcut_channels(self, x):
-        """The shortcut, or - for a projection whose norm is a fixed per-channel affine map
-        (FrozenBN, BN in eval mode, none) and without gradients - a function computing its
-        channels ``[start, stop)``, which ``inverse_add_relu`` calls chunk by chunk: the
-        full-size projection is then never stored (each output channel of a 1x1 conv and
-        of its norm depends on that channel's weights only, so the values are the same)."""
-        conv = self.shortcut
-        if conv is None or self.avg_down or torch.is_grad_enabled() and (
-                x.requires_grad or any(p.requires_grad for p in conv.parameters())):
-            return self._shortcut(x)
-        norm = conv.norm
-        fixed_affine = norm is None or isinstance(norm, FrozenBatchNorm2d) or (
-            isinstance(norm, _BatchNorm) and not norm.training and norm.track_running_stats)
-        if not fixed_affine:
-            return self._shortcut(x)
-
-        def channels(start, stop):
-            out = F.conv2d(x, conv.weight[start:stop],
-                           None if conv.bias is None else conv.bias[start:stop], conv.stride,
-                           conv.padding, conv.dilation, conv.groups)
-            if norm is None:
-                return out
-            weight = None if norm.weight is None else norm.weight[start:stop]
-            bias = None if norm.bias is None else norm.bias[start:stop]
-            return F.batch_norm(out, norm.running_mean[start:stop],
-                                norm.running_var[start:stop], weight, bias, False, 0.0, norm.eps)
-
-        return channels
 
     @staticmethod
     def _needs_grad(a, grid) -> bool:
