@@ -209,3 +209,21 @@ def test_invalid_sampler_arguments_raise():
 def test_uniform_sampler_has_no_parameters():
     assert len(list(SaliencySampler(4, 0.5, uniform=True).parameters())) == 0
     assert sum(p.numel() for p in SaliencySampler(4, 0.5).parameters()) == 4
+
+
+@pytest.mark.parametrize("separable", [True, False])
+def test_chunked_inference_sampling_equals_sampling_with_gradients(monkeypatch, separable):
+    import ssb_det.layers.sampling as sampling
+
+    # Three channels per chunk: the chunk loop runs, with a shorter last chunk.
+    monkeypatch.setattr(sampling, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 4)
+    torch.manual_seed(0)
+    sampler = SaliencySampler(8, 0.5, grid_size=7, padding=6, sigma=2.0, separable=separable)
+    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 8, 23, 30)
+    with torch.no_grad():
+        grid = sampler(x)
+        chunked = grid.sample(x)
+    whole = grid.sample(x.clone().requires_grad_())
+    assert chunked.shape == (2, 8, 12, 15)
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=0)
