@@ -80,9 +80,4 @@ def add_ssb_config(cfg):
     # full-size map per block. Same values; off while gradients are needed, while tracing
     # and while forward hooks are registered in the stages. *(speed; default by benchmark)*
     _C.MODEL.SSB.INPLACE_TAIL = True
-    # CPU inference only: run the separable grid's sampling and its restore + add + ReLU as
-    # torch.compile'd kernels (one read and one write per pass instead of several eager
-    # passes). Needs a C++ compiler; the first forward compiles (seconds). Same values up to
-    # float rounding. Off by default: nothing should need a compiler to run. *(speed)*
-    _C.MODEL.SSB.COMPILED_SAMPLING = False
     return cfg

@@ -92,21 +92,20 @@ def block_steps(block: nn.Module, x: torch.Tensor, inplace_tail: bool = False
                                                                                    in_size))
             s = grid.sample(a)
             b = F.relu(block.conv2(s))
-            compiled = block.compiled_sampling
-            steps["sample"] = lambda: grid.sample(a, compiled=compiled)
+            steps["sample"] = lambda: grid.sample(a)
             steps["conv3x3"] = lambda: F.relu_(block.conv2(s))
             if block.inverse_position == "after_conv3":
-                c = tail(block.conv3(b))
+                # As the block runs them: on the transposed map (see its forward).
+                c = tail(block.conv3(b.transpose(2, 3))).transpose(2, 3)
                 full = grid.inverse(c)
-                steps["conv1x1"] = lambda: tail(block.conv3(b))
+                steps["conv1x1"] = lambda: tail(block.conv3(b.transpose(2, 3)))
                 steps["inverse"] = lambda: grid.inverse(c)
                 if overwrites:
                     fused_out = shortcut.clone()
                     steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(
-                        c, fused_out, overwrite_shortcut=True, compiled=compiled)
+                        c, fused_out, overwrite_shortcut=True)
                 else:
-                    steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(
-                        c, shortcut, compiled=compiled)
+                    steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(c, shortcut)
             else:
                 restored = grid.inverse(b)
                 full = tail(block.conv3(restored))

@@ -46,7 +46,6 @@ __all__ = [
     "interp_knots",
     "invert_knots",
     "linear_resample",
-    "compiled_kernel",
     "separable_resample",
     "valid_pooling_matrices",
 ]
@@ -326,66 +325,6 @@ def linear_resample(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tenso
     return torch.lerp(x0, x1, w.view(wshape))
 
 
-def _lerp_lines(x: torch.Tensor, left, right, frac, dim: int) -> torch.Tensor:
-    """``(1 - frac) * line(left) + frac * line(right)`` along ``dim`` (2: rows, 3: columns)
-    of ``x`` (``(N, C, H, W)``), taps ``(N, L)`` as from :func:`_interp_taps`.
-
-    Written with index tensors for :func:`compiled_kernel`: inductor then emits one loop
-    that reads the two source lines of each output line and writes it once.
-    """
-    n = torch.arange(x.shape[0], device=x.device).view(-1, 1, 1, 1)
-    ch = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    if dim == 2:
-        other = torch.arange(x.shape[3], device=x.device).view(1, 1, 1, -1)
-        left, right, frac = (t[:, None, :, None] for t in (left, right, frac))
-        a, b = x[n, ch, left, other], x[n, ch, right, other]
-    else:
-        other = torch.arange(x.shape[2], device=x.device).view(1, 1, -1, 1)
-        left, right, frac = (t[:, None, None, :] for t in (left, right, frac))
-        a, b = x[n, ch, other, left], x[n, ch, other, right]
-    frac = frac.to(x.dtype)
-    return a * (1 - frac) + b * frac
-
-
-def _sample_kernel(x, row_taps, col_taps):
-    return _lerp_lines(_lerp_lines(x, *row_taps, dim=2), *col_taps, dim=3)
-
-
-def _restore_columns_kernel(y, col_taps):
-    return _lerp_lines(y, *col_taps, dim=3)
-
-
-def _restore_rows_add_relu_kernel(t, shortcut, row_taps):
-    return torch.relu(shortcut + _lerp_lines(t, *row_taps, dim=2))
-
-
-def _restore_rows_add_relu_into_kernel(t, shortcut, row_taps):
-    shortcut.copy_(torch.relu(shortcut + _lerp_lines(t, *row_taps, dim=2)))
-    return shortcut
-
-
-_COMPILED = {}
-
-
-def compiled_kernel(fn):
-    """``torch.compile(fn)``, made on first use and shared (``dynamic=True``: one compilation
-    serves every map size). Inductor turns each separable pass into one loop that reads the
-    two source lines and writes the output once, where eager PyTorch needs several passes.
-    Only the sampling option ``compiled=True`` of the grids uses it: it needs a C++
-    compiler, and the first call of each kernel compiles (seconds)."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
-
-
-def _compiled_allowed(*tensors) -> bool:
-    # CPU inference only: with gradients the eager path's recomputation applies, tracers
-    # record eager ops, and a model compiled as a whole compiles these ops itself.
-    return (all(t.device.type == "cpu" for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
-
-
 # Full-size bytes per channel chunk of the CPU inference paths of SeparableGrid.sample and
 # SeparableGrid.inverse_add_relu: a chunk's intermediates (~2.5x this) should stay in cache.
 # Measured on the 2-core EPYC VM, one thread, 800x1216 input, restore + add + ReLU of
@@ -540,19 +479,11 @@ class SeparableGrid:
         """Sampled-map pixel coordinates read by each full-size row and column."""
         return self._lines(True, clamp)
 
-    def sample(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        """``(N, C, H, W) -> (N, C, h, w)``.
-
-        Args:
-            x (Tensor): the full-size map.
-            compiled (bool): in CPU inference, run the two passes as one compiled kernel
-                (:func:`compiled_kernel`); same values up to float rounding.
-        """
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, h, w)``."""
         (H, W), (h, w) = self.in_size, self.out_size
         ys, xs = self.sampling_positions(clamp=True)
         row_taps, col_taps = _interp_taps(ys, H), _interp_taps(xs, W)
-        if compiled and _compiled_allowed(x, self.knots_y, self.knots_x):
-            return compiled_kernel(_sample_kernel)(x, row_taps, col_taps)
         n, c = x.shape[:2]
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or self.knots_y.requires_grad or self.knots_x.requires_grad)
@@ -577,8 +508,7 @@ class SeparableGrid:
                                   rows_first=False)
 
     def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor,
-                         overwrite_shortcut: bool = False, compiled: bool = False
-                         ) -> torch.Tensor:
+                         overwrite_shortcut: bool = False) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
 
         Same values as the unfused expression. In CPU inference (no gradient needed) it runs
@@ -594,9 +524,6 @@ class SeparableGrid:
                 before the same chunk of the output is written) instead of allocating a new
                 map - at full size, fresh memory costs page faults on every call. Used only
                 where the result has the shortcut's dtype.
-            compiled (bool): in CPU inference, run the restore as two compiled kernels
-                (:func:`compiled_kernel`): the column pass, then the row pass fused with the
-                add and the ReLU (one write of the output). Same values up to float rounding.
         """
         (H, W), (h, w) = self.in_size, self.out_size
         if shortcut.shape != (*y.shape[:2], H, W):
@@ -615,12 +542,6 @@ class SeparableGrid:
         ys, xs = self.inverse_positions(clamp=True)
         row_taps, col_taps = _interp_taps(ys, h), _interp_taps(xs, w)
         into = overwrite_shortcut and torch.result_type(y, shortcut) == shortcut.dtype
-        if compiled and _compiled_allowed(y, shortcut, self.knots_y, self.knots_x):
-            half = compiled_kernel(_restore_columns_kernel)(y, col_taps)  # (N, C, h, W)
-            if into:
-                return compiled_kernel(_restore_rows_add_relu_into_kernel)(half, shortcut,
-                                                                           row_taps)
-            return compiled_kernel(_restore_rows_add_relu_kernel)(half, shortcut, row_taps)
         n, c = y.shape[:2]
         per_channel = max(n * H * W * y.element_size(), 1)
         step = max(1, min(c, CPU_CHUNK_BYTES // per_channel))
@@ -705,9 +626,8 @@ class NonSeparableGrid:
         h, w = size
         return (pixels + 0.5) / pixels.new_tensor([w, h]) * 2 - 1
 
-    def sample(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        """``(N, C, H, W) -> (N, C, h, w)`` with ``grid_sample`` (one op already: ``compiled``
-        has no effect)."""
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, h, w)`` with ``grid_sample``."""
         grid = self._grid(self.sampling_positions(), self.in_size)
         out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
                             align_corners=False)
@@ -736,10 +656,9 @@ class NonSeparableGrid:
                             align_corners=False)
         return out.to(y.dtype)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut, overwrite_shortcut: bool = False,
-                         compiled: bool = False) -> torch.Tensor:
-        """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`
-        (``compiled`` has no effect: the restore is one ``grid_sample``)."""
+    def inverse_add_relu(self, y: torch.Tensor, shortcut, overwrite_shortcut: bool = False
+                         ) -> torch.Tensor:
+        """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`."""
         restored = self.inverse(y)
         if overwrite_shortcut and not (torch.is_grad_enabled() and shortcut.requires_grad) \
                 and torch.result_type(restored, shortcut) == shortcut.dtype:

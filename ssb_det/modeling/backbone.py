@@ -199,7 +199,6 @@ def ssb_resnet(
     memory_efficient: bool = True,
     padding_aware: bool = True,
     inplace_tail: bool = True,
-    compiled_sampling: bool = False,
 ) -> ResNet:
     """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
 
@@ -232,8 +231,6 @@ def ssb_resnet(
             own size (see :class:`SSBResNet`).
         inplace_tail (bool): in inference, identity-shortcut SSB blocks write their output
             into their input's memory (see :class:`SSBResNet`).
-        compiled_sampling (bool): in CPU inference, SSB blocks run their sampling passes as
-            ``torch.compile``'d kernels (see :class:`SSBBottleneckBlock`).
 
     Returns:
         ResNet: a Detectron2 backbone with ``res2..res5`` features.
@@ -271,8 +268,7 @@ def ssb_resnet(
         ssb_kwargs = dict(sampling_ratio=ratios[idx], grid_size=grid_size,
                           grid_padding=grid_padding, kernel_sigma=kernel_sigma,
                           separable=separable, uniform=uniform, inverse_iters=inverse_iters,
-                          inverse_position=inverse_position, memory_efficient=memory_efficient,
-                          compiled_sampling=compiled_sampling)
+                          inverse_position=inverse_position, memory_efficient=memory_efficient)
         # Consecutive runs of one block class, each made by ResNet.make_stage: strided blocks
         # stay plain bottlenecks, stride-1 blocks of a sampled stage are SSB blocks.
         blocks, i = [], 0
@@ -320,7 +316,6 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
         padding_aware=s.PADDING_AWARE, inplace_tail=s.INPLACE_TAIL,
-        compiled_sampling=s.COMPILED_SAMPLING,
     )
 
 

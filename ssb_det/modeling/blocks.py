@@ -121,17 +121,13 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             of storing the transposed and half-restored maps: training then stores less than
             a plain bottleneck, for a small recomputation. Outputs and gradients are the
             same either way.
-        compiled_sampling (bool): in CPU inference, run the separable grid's sampling and
-            (with ``"after_conv3"``) its restore + add + ReLU as ``torch.compile``'d kernels
-            (needs a C++ compiler; compiles on first use). Same values up to float rounding.
     """
 
     def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, num_groups=1,
                  norm="BN", stride_in_1x1=False, dilation=1, se_ratio=0.0, avg_down=False,
                  drop_path=0.0, sampling_ratio=0.5, grid_size=31, grid_padding=30,
                  kernel_sigma=5.5, separable=True, uniform=False, inverse_iters=4,
-                 inverse_position="after_conv3", memory_efficient=True,
-                 compiled_sampling=False):
+                 inverse_position="after_conv3", memory_efficient=True):
         if stride != 1:
             raise ValueError(
                 f"SSBBottleneckBlock samples stride-1 blocks only (got stride={stride}); "
@@ -147,7 +143,6 @@ class SSBBottleneckBlock(RSBottleneckBlock):
                          drop_path=drop_path)
         self.inverse_position = inverse_position
         self.memory_efficient = bool(memory_efficient)
-        self.compiled_sampling = bool(compiled_sampling)
         self.sampler = SaliencySampler(
             bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
             sigma=kernel_sigma, separable=separable, uniform=uniform, inverse_iters=inverse_iters,
@@ -178,25 +173,19 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         grid = self.sampler(a, self.valid_size(a))
         if self.memory_efficient and self._needs_grad(a, grid):
             return self._forward_recomputing(a, grid, self._shortcut(x))
-        b = F.relu_(self.conv2(grid.sample(a, compiled=self.compiled_sampling)))
+        b = F.relu_(self.conv2(grid.sample(a)))
         if self.inverse_position == "after_conv3":
-            if self.compiled_sampling:
-                # The compiled restore reads rows of the map as it is.
-                c = self._residual_tail(self.conv3(b))
-            else:
-                # conv3 (1x1) and the SE gate act per pixel, so they run on the transposed
-                # map and return the (h, w)-transposed layout that the eager separable
-                # inverse starts from: the copy that layout needs is made of the f-channel
-                # input, not of the 4f output.
-                c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
+            # conv3 (1x1) and the SE gate act per pixel, so they run on the transposed map and
+            # return the (h, w)-transposed layout that the separable inverse starts from:
+            # the copy that layout needs is made of the f-channel input, not of the 4f output.
+            c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
             # A projection's output is this block's own; its input is overwritten only when
             # SSBResNet says no one else reads it.
             return grid.inverse_add_relu(c, self._shortcut(x),
                                          overwrite_shortcut=self.shortcut is not None
-                                         or self.owns_input,
-                                         compiled=self.compiled_sampling)
+                                         or self.owns_input)
         out = self._residual_tail(self.conv3(grid.inverse(b)))
         out = out + self._shortcut(x)
         return F.relu_(out)
