@@ -347,3 +347,21 @@ def test_inplace_tail_key_reaches_the_backbone():
     default = build_backbone(make_cfg()).bottom_up
     assert default.inplace_tail is True
     assert build_backbone(make_cfg(INPLACE_TAIL=False)).bottom_up.inplace_tail is False
+
+
+def test_inplace_tail_never_overwrites_a_stage_input_even_with_an_identity_first_block():
+    # Stem as wide as res2: res2.0 has an identity shortcut, and its input (the stem output)
+    # is a returned feature here. Only blocks after a stage's first may overwrite.
+    torch.manual_seed(0)
+    model = ssb_det.ssb_resnet(depth=50, norm="FrozenBN", stem_out_channels=32,
+                               res2_out_channels=32, width_per_group=8,
+                               out_features=("stem", "res2", "res3")).eval()
+    assert model.res2[0].shortcut is None and isinstance(model.res2[0], SSBBottleneckBlock)
+    calls = _spy_on_ssb_blocks(model)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = model(x)
+        stem = model.stem(x)
+    torch.testing.assert_close(out["stem"], stem, rtol=0, atol=0)
+    first, *rest = [c for c in calls if c[0].startswith("res2.")]
+    assert first[2:] == (False, False) and all(owned and wrote for _, _, owned, wrote in rest)

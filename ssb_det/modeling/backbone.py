@@ -73,10 +73,10 @@ class SSBResNet(ResNet):
         stem, stages, num_classes, out_features, freeze_at: as Detectron2's ``ResNet``.
         padding_aware (bool): infer the image sizes of a zero-padded batch
             (:func:`image_sizes_from_padding`) when ``forward`` is not given them.
-        inplace_tail (bool): in inference, let SSB blocks with an identity shortcut write
-            their output into their input's memory. That input is the previous block's
-            output, which only the next block reads, so no fresh full-size map is allocated
-            per block. Not done while gradients are needed, while tracing, or while forward
+        inplace_tail (bool): in inference, let SSB blocks with an identity shortcut, other
+            than a stage's first, write their output into their input's memory. That input
+            is the previous block's output, which only they read, so no fresh full-size map
+            is allocated per block. Not done while gradients are needed, while tracing, or while forward
             hooks are registered in the stages (a hook may keep a block's output).
     """
 
@@ -88,6 +88,10 @@ class SSBResNet(ResNet):
         self.inplace_tail = bool(inplace_tail)
         self._ssb_blocks = [b for stage in self.stages for b in stage
                             if isinstance(b, SSBBottleneckBlock)]
+        # Blocks whose input is the previous block of their stage's output, which only they
+        # read; a stage's first block reads the previous stage's output (a returned feature,
+        # or the stem's), whatever its shortcut.
+        self._chained_blocks = {id(b) for stage in self.stages for b in list(stage)[1:]}
 
     def forward(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
         """As ``ResNet.forward``.
@@ -120,13 +124,12 @@ class SSBResNet(ResNet):
         if image_sizes is not None:
             extent = (torch.as_tensor(image_sizes, device=x.device, dtype=torch.float64),
                       tuple(x.shape[-2:]))
-        # An identity block's input is always the previous block of its stage's output (the
-        # first block of every stage projects), never ``x`` nor a returned feature.
         inplace = (self.inplace_tail and not torch.is_grad_enabled() and not tracing
                    and not self._stages_hooked())
         for block in self._ssb_blocks:
             block.image_extent = extent
-            block.owns_input = inplace and block.shortcut is None
+            block.owns_input = (inplace and block.shortcut is None
+                                and id(block) in self._chained_blocks)
         try:
             yield
         finally:
