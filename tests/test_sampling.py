@@ -227,3 +227,24 @@ def test_chunked_inference_sampling_equals_sampling_with_gradients(monkeypatch, 
     whole = grid.sample(x.clone().requires_grad_())
     assert chunked.shape == (2, 8, 12, 15)
     torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=0)
+
+
+def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(monkeypatch):
+    import ssb_det.layers.sampling as sampling
+    from ssb_det.layers.sampling import _interp_taps, separable_resample
+
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 5, 13, 17, dtype=torch.float64)
+    ys0 = (torch.rand(2, 7, dtype=torch.float64) * 14 - 0.5).sort(1).values
+    xs0 = (torch.rand(2, 9, dtype=torch.float64) * 18 - 0.5).sort(1).values
+    results = []
+    for dense_max in (0, 96):  # embedding_bag, then dense matrices (sides 13, 17 <= 96)
+        monkeypatch.setattr(sampling, "DENSE_MAX_SIZE", dense_max)
+        x, ys, xs = (t.clone().requires_grad_() for t in (x0, ys0, xs0))
+        out = separable_resample(x, _interp_taps(ys, 13), _interp_taps(xs, 17), (7, 9),
+                                 rows_first=True)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad, ys.grad, xs.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert results[1][2].abs().sum() > 0  # the positions do receive gradients
