@@ -432,7 +432,9 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     """
     n, c, H, W = x.shape
     h, w = out_size
-    needs_grad = torch.is_grad_enabled() and (
+    # Training only: a traced graph (export) records the inference path, whatever the
+    # tracer's grad mode.
+    needs_grad = torch.is_grad_enabled() and not torch.jit.is_tracing() and (
         x.requires_grad or row_taps[2].requires_grad or col_taps[2].requires_grad)
     if needs_grad and max(H, W) <= DENSE_MAX_SIZE:
         return _dense_resample(x, row_taps, col_taps)
