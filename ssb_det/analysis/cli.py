@@ -6,8 +6,8 @@ from ..checkpoint import atomic_write_text
 from .models import baseline_twin, load_cfg
 from .report import analyze_cfg, format_csv, format_markdown
 
-__all__ = ["add_model_arguments", "add_opts_argument", "output_paths", "resolve_configs", "analyze_main",
-           "benchmark_main", "visualize_main"]
+__all__ = ["add_model_arguments", "add_opts_argument", "output_paths", "resolve_configs",
+           "analyze_main", "benchmark_main", "visualize_main"]
 
 
 def add_model_arguments(parser, baseline: bool = True, size: bool = True):

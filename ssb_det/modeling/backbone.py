@@ -76,8 +76,9 @@ class SSBResNet(ResNet):
         inplace_tail (bool): in inference, let SSB blocks with an identity shortcut, other
             than a stage's first, write their output into their input's memory. That input
             is the previous block's output, which only they read, so no fresh full-size map
-            is allocated per block. Not done while gradients are needed, while tracing, or while forward
-            hooks are registered in the stages (a hook may keep a block's output).
+            is allocated per block. Not done while gradients are needed, while tracing, or
+            while forward hooks are registered in the stages (a hook may keep a block's
+            output).
     """
 
     def __init__(self, stem, stages, num_classes=None, out_features=None, freeze_at=0,
@@ -88,10 +89,11 @@ class SSBResNet(ResNet):
         self.inplace_tail = bool(inplace_tail)
         self._ssb_blocks = [b for stage in self.stages for b in stage
                             if isinstance(b, SSBBottleneckBlock)]
-        # Blocks whose input is the previous block of their stage's output, which only they
-        # read; a stage's first block reads the previous stage's output (a returned feature,
-        # or the stem's), whatever its shortcut.
-        self._chained_blocks = {id(b) for stage in self.stages for b in list(stage)[1:]}
+        # The SSB blocks that may overwrite their input: identity shortcut, and not a stage's
+        # first block, whose input is the previous stage's output (a returned feature, or the
+        # stem's) whatever its shortcut; the others' input only they read.
+        self._inplace_blocks = [b for stage in self.stages for b in list(stage)[1:]
+                                if isinstance(b, SSBBottleneckBlock) and b.shortcut is None]
 
     def forward(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
         """As ``ResNet.forward``.
@@ -128,8 +130,8 @@ class SSBResNet(ResNet):
                    and not self._stages_hooked())
         for block in self._ssb_blocks:
             block.image_extent = extent
-            block.owns_input = (inplace and block.shortcut is None
-                                and id(block) in self._chained_blocks)
+        for block in self._inplace_blocks:
+            block.owns_input = inplace
         try:
             yield
         finally:

@@ -151,7 +151,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         # ``(N, 2)`` image sizes of a padded batch and the batch tensor's size, in input
         # pixels. None: every image fills the map.
         self.image_extent = None
-        # Set by SSBResNet.forward in inference when no one else reads this block's input
+        # Set by SSBResNet.block_state in inference when no one else reads this block's input
         # (an identity block's input is the previous block's output): the fused tail may
         # then write the output into it.
         self.owns_input = False
