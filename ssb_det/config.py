@@ -4,6 +4,10 @@ Every other backbone setting is read from Detectron2's own ``MODEL.RESNETS`` nod
 NORM, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, STRIDE_IN_1X1, NUM_GROUPS, WIDTH_PER_GROUP,
 RES5_DILATION, OUT_FEATURES) and ``MODEL.BACKBONE.FREEZE_AT``, with the same meaning.
 Keys marked *(choice)* are this project's reading of the paper; see README "Design".
+
+Only what changes the model, or a trade-off that is the user's (``MEMORY_EFFICIENT`` trades
+compute for memory, like activation checkpointing), is a key here. How the implementation
+reaches the same values fastest is decided inside it.
 """
 from detectron2.config import CfgNode as CN
 
@@ -75,9 +79,4 @@ def add_ssb_config(cfg):
     # padding Detectron2 adds after normalisation: an image is then sampled as it would be
     # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
     _C.MODEL.SSB.PADDING_AWARE = True
-    # Inference only: an SSB block with an identity shortcut writes its output into its
-    # input's memory (the previous block's output, read by no one else), sparing a fresh
-    # full-size map per block. Same values; off while gradients are needed, while tracing
-    # and while forward hooks are registered in the stages. *(speed; default by benchmark)*
-    _C.MODEL.SSB.INPLACE_TAIL = True
     return cfg

@@ -213,14 +213,9 @@ def test_ssb_block_output_on_the_image_does_not_depend_on_padding(inverse_positi
     padded = _padded_real_image(x, (80, 96))
     with torch.no_grad():
         alone = block(x)
-        block.image_extent = (torch.tensor([[40.0, 56.0], [80.0, 96.0]], dtype=torch.float64),
-                              (80, 96))
-        try:
-            batched = block(padded)
-            ys, xs = block.sampler(torch.relu(block.conv1(padded)),
-                                   block.valid_size(padded)).inverse_positions(clamp=True)
-        finally:
-            block.image_extent = None
+        valid = torch.tensor([[40.0, 56.0], [80.0, 96.0]], dtype=torch.float64)
+        batched = block(padded, valid)
+        ys, xs = block.sampler(block.reduce(padded), valid).inverse_positions(clamp=True)
     rows = ys[0, :40] < 20 - 2  # reads (and interpolates between) sampled rows <= 17 of 20
     cols = xs[0, :56] < 28 - 2
     assert rows.sum() >= 30 and cols.sum() >= 44
@@ -259,8 +254,6 @@ def test_padding_aware_backbone_matches_explicit_sizes_and_can_be_disabled():
         torch.testing.assert_close(inferred[name], explicit[name], rtol=0, atol=0)
     assert any((inferred[n] - unaware[n]).abs().max() > 1e-3 for n in ("res3", "res4"))
     assert isinstance(model, SSBResNet)
-    assert all(b.image_extent is None for b in model.modules()
-               if isinstance(b, SSBBottleneckBlock)), "sizes must not outlive the forward"
     plain = ssb_resnet(depth=50, enabled=False, stem_out_channels=4, res2_out_channels=16,
                        width_per_group=4)
     assert type(plain) is ResNet  # the plain twin is Detectron2's class itself

@@ -136,9 +136,7 @@ def run_benchmark(cfg, base_cfg, setup: BenchmarkSetup, *, parts: Sequence[str] 
                 blocks[label] = block
             with _autocast(setup):
                 result["blocks"][stage] = block_breakdown(
-                    blocks, inp, iters=setup.iters, warmup=setup.warmup, clock=setup.clock,
-                    inplace_tail={label: getattr(net, "inplace_tail", False)
-                                  for label, net in nets.items()})
+                    blocks, inp, iters=setup.iters, warmup=setup.warmup, clock=setup.clock)
     if macs:
         log("counting MACs (fvcore)...")
         result["macs"] = {label: part_macs(d.cpu(), setup.height, setup.width)

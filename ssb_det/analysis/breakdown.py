@@ -1,7 +1,6 @@
 """Where the time goes: per-stage latency of a bottom-up network and per-op latency of a
 block (conv1, saliency, grid, sample, 3x3, 1x1, inverse, add), SSB next to plain.
 """
-import contextlib
 from typing import Callable, Dict, Optional
 
 import torch
@@ -9,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import SaliencySampler
-from ..modeling.backbone import SSBResNet
 from ..modeling.blocks import SSBBottleneckBlock
 from .benchmark import Samples, time_interleaved
 from .models import capture_inputs, stage_names
@@ -31,116 +29,94 @@ def _grid_positions(grid):
     return grid
 
 
-def block_steps(block: nn.Module, x: torch.Tensor, inplace_tail: bool = False
-                ) -> Dict[str, Callable[[], object]]:
+def block_steps(block: nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], object]]:
     """Zero-argument functions running each step of ``block`` on ``x`` (no grad, as in
     inference), on inputs computed once beforehand. ``"block"`` is the whole forward, as
     the model runs it.
 
-    For an :class:`SSBBottleneckBlock`: ``conv1``, ``saliency``, ``grid``, ``sample``,
-    ``conv3x3``, ``conv1x1``, ``inverse``, ``add+relu`` (unfused, as separate ops), the fused
-    ``inverse+add+relu`` the block runs with ``inverse_position="after_conv3"``, and
-    ``shortcut`` when it is a projection. For a plain bottleneck (Detectron2's
-    ``BottleneckBlock`` or ``RSBottleneckBlock``): ``conv1``, ``conv3x3``, ``conv1x1``,
-    ``add+relu`` and ``shortcut``.
-
-    ``add+relu`` is timed as the block does it: in place into the conv1x1 output for a plain
-    block; for an SSB block, into a fresh map, or - with ``inplace_tail`` (the network's
-    ``SSBResNet.inplace_tail``) and an identity shortcut - in place into the input, where
-    ``block`` and ``inverse+add+relu`` then write too. Steps that write in place run on a
-    private copy, which each run overwrites (latency does not depend on the values).
+    For an :class:`SSBBottleneckBlock` the steps are the block's own named steps:
+    ``conv1`` (``reduce``), ``saliency``, ``grid``, ``sample``, ``conv3x3``, ``conv1x1``
+    (``expand_sampled`` or ``expand``), ``inverse``, ``add+relu`` (unfused, into a fresh
+    map), the fused ``inverse+add+relu`` the block runs with
+    ``inverse_position="after_conv3"``, and ``shortcut`` (``project``) when it is a
+    projection. For a plain bottleneck (Detectron2's ``BottleneckBlock`` or
+    ``RSBottleneckBlock``): ``conv1``, ``conv3x3``, ``conv1x1``, ``add+relu`` (in place into
+    a private copy of the conv1x1 output, as Detectron2's block adds) and ``shortcut``.
 
     Args:
         block (nn.Module): an SSB or plain bottleneck block.
         x (Tensor): its input.
-        inplace_tail (bool): the network lets identity SSB blocks overwrite their input.
     """
-    overwrites = (isinstance(block, SSBBottleneckBlock) and inplace_tail
-                  and block.shortcut is None)
-    if overwrites:
-        block_input = x.clone()
-
-        def run_block():
-            block.owns_input = True
-            try:
-                return block(block_input)
-            finally:
-                block.owns_input = False
-
-        steps = {"block": run_block}
-    else:
-        steps = {"block": lambda: block(x)}
-    tail = getattr(block, "_residual_tail", lambda t: t)
-    shortcut_fn = getattr(block, "_shortcut", None)
-    if shortcut_fn is None:  # Detectron2's BottleneckBlock
-        def shortcut_fn(t):
-            return t if block.shortcut is None else block.shortcut(t)
+    steps = {"block": lambda: block(x)}
     with torch.no_grad():
-        a = F.relu(block.conv1(x))
-        shortcut = shortcut_fn(x)
-        steps["conv1"] = lambda: F.relu_(block.conv1(x))
         if isinstance(block, SSBBottleneckBlock):
-            sampler: SaliencySampler = block.sampler
-            in_size = tuple(a.shape[-2:])
-            grid = _grid_positions(sampler(a))
-            if sampler.uniform:
-                steps["grid"] = lambda: _grid_positions(sampler(a))
-            else:
-                saliency = sampler.saliency(a)
-                steps["saliency"] = lambda: sampler.saliency(a)
-                steps["grid"] = lambda: _grid_positions(sampler.grid_from_saliency(saliency,
-                                                                                   in_size))
-            s = grid.sample(a)
-            b = F.relu(block.conv2(s))
-            steps["sample"] = lambda: grid.sample(a)
-            steps["conv3x3"] = lambda: F.relu_(block.conv2(s))
-            if block.inverse_position == "after_conv3":
-                # As the block runs them: on the transposed map (see its forward).
-                c = tail(block.conv3(b.transpose(2, 3))).transpose(2, 3)
-                full = grid.inverse(c)
-                steps["conv1x1"] = lambda: tail(block.conv3(b.transpose(2, 3)))
-                steps["inverse"] = lambda: grid.inverse(c)
-                if overwrites:
-                    fused_out = shortcut.clone()
-                    steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(
-                        c, fused_out, overwrite_shortcut=True)
-                else:
-                    steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(c, shortcut)
-            else:
-                restored = grid.inverse(b)
-                full = tail(block.conv3(restored))
-                steps["inverse"] = lambda: grid.inverse(b)
-                steps["conv1x1"] = lambda: tail(block.conv3(restored))
+            _ssb_steps(block, x, steps)
         else:
-            b = F.relu(block.conv2(a))
-            full = tail(block.conv3(b))
-            steps["conv3x3"] = lambda: F.relu_(block.conv2(a))
-            steps["conv1x1"] = lambda: tail(block.conv3(b))
-        if overwrites:
-            summed = shortcut.clone()
-            steps["add+relu"] = lambda: summed.add_(full).relu_()
-        elif isinstance(block, SSBBottleneckBlock):
-            steps["add+relu"] = lambda: torch.relu_(full + shortcut)
-        else:  # in place into the conv1x1 output, as Detectron2's BottleneckBlock does
-            summed = full.clone()
-            steps["add+relu"] = lambda: summed.add_(shortcut).relu_()
-        if block.shortcut is not None:
-            steps["shortcut"] = lambda: shortcut_fn(x)
+            _plain_steps(block, x, steps)
     return steps
 
 
+def _ssb_steps(block: SSBBottleneckBlock, x: torch.Tensor, steps: dict) -> None:
+    a = block.reduce(x)
+    shortcut = block.project(x)
+    steps["conv1"] = lambda: block.reduce(x)
+    sampler: SaliencySampler = block.sampler
+    in_size = tuple(a.shape[-2:])
+    grid = _grid_positions(sampler(a))
+    if sampler.uniform:
+        steps["grid"] = lambda: _grid_positions(sampler(a))
+    else:
+        saliency = sampler.saliency(a)
+        steps["saliency"] = lambda: sampler.saliency(a)
+        steps["grid"] = lambda: _grid_positions(sampler.grid_from_saliency(saliency, in_size))
+    s = grid.sample(a)
+    b = block.conv3x3(s)
+    steps["sample"] = lambda: grid.sample(a)
+    steps["conv3x3"] = lambda: block.conv3x3(s)
+    if block.inverse_position == "after_conv3":
+        c = block.expand_sampled(b)
+        full = grid.inverse(c)
+        steps["conv1x1"] = lambda: block.expand_sampled(b)
+        steps["inverse"] = lambda: grid.inverse(c)
+        steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(c, shortcut)
+    else:
+        restored = grid.inverse(b)
+        full = block.expand(restored)
+        steps["inverse"] = lambda: grid.inverse(b)
+        steps["conv1x1"] = lambda: block.expand(restored)
+    steps["add+relu"] = lambda: torch.relu_(full + shortcut)
+    if block.shortcut is not None:
+        steps["shortcut"] = lambda: block.project(x)
+
+
+def _plain_steps(block: nn.Module, x: torch.Tensor, steps: dict) -> None:
+    # Detectron2's BottleneckBlock has no named steps; RSBottleneckBlock has them.
+    expand = getattr(block, "expand", block.conv3)
+    project = getattr(block, "project", None)
+    if project is None:
+        def project(t):
+            return t if block.shortcut is None else block.shortcut(t)
+    a = F.relu(block.conv1(x))
+    b = F.relu(block.conv2(a))
+    full = expand(b)
+    shortcut = project(x)
+    steps["conv1"] = lambda: F.relu_(block.conv1(x))
+    steps["conv3x3"] = lambda: F.relu_(block.conv2(a))
+    steps["conv1x1"] = lambda: expand(b)
+    summed = full.clone()
+    steps["add+relu"] = lambda: summed.add_(shortcut).relu_()
+    if block.shortcut is not None:
+        steps["shortcut"] = lambda: project(x)
+
+
 def block_breakdown(blocks: Dict[str, nn.Module], x: torch.Tensor, *, iters: int,
-                    warmup: int = 1, clock: str = "wall",
-                    inplace_tail: Optional[Dict[str, bool]] = None
-                    ) -> Dict[str, Dict[str, Samples]]:
+                    warmup: int = 1, clock: str = "wall") -> Dict[str, Dict[str, Samples]]:
     """Per-step latency of several blocks on the same input, every step of every block
-    interleaved. ``inplace_tail`` says, per label, whether the block's network lets it
-    overwrite its input (see :func:`block_steps`). Returns ``{label: {step: Samples}}``."""
+    interleaved (see :func:`block_steps`). Returns ``{label: {step: Samples}}``."""
     fns = {}
     for label, block in blocks.items():
         block.eval()
-        overwrites = bool((inplace_tail or {}).get(label, False))
-        for step, fn in block_steps(block, x, overwrites).items():
+        for step, fn in block_steps(block, x).items():
             fns[(label, step)] = _no_grad(fn)
     timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device, clock=clock)
     out: Dict[str, Dict[str, Samples]] = {label: {} for label in blocks}
@@ -186,9 +162,9 @@ def sampler_share(steps: Dict[str, Samples]) -> Optional[float]:
 def stage_latency(bottom_ups: Dict[str, nn.Module], x: torch.Tensor, *, iters: int,
                   warmup: int = 1, clock: str = "wall") -> Dict[str, Dict[str, Samples]]:
     """Inference latency of each stage (``stem``, ``res2``..) of Detectron2 ResNets, each
-    stage run on the input it gets in the full network, and as the full network runs it
-    (an :class:`SSBResNet`'s :meth:`~SSBResNet.block_state` for ``x``); all stages of all
-    models interleaved. Returns ``{label: {stage: Samples}}``."""
+    stage run on the inputs it gets in the full network (for an :class:`SSBResNet`'s
+    stages, the image sizes too); all stages of all models interleaved. Returns
+    ``{label: {stage: Samples}}``."""
     fns = {}
     for label, net in bottom_ups.items():
         net.eval()
@@ -197,12 +173,7 @@ def stage_latency(bottom_ups: Dict[str, nn.Module], x: torch.Tensor, *, iters: i
         for name in names:
             module = getattr(net, name)
             fns[(label, name)] = _no_grad(lambda m=module, i=inputs[name]: m(*i))
-    with contextlib.ExitStack() as states, torch.no_grad():
-        for net in bottom_ups.values():
-            if isinstance(net, SSBResNet):
-                states.enter_context(net.block_state(x))
-        timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device,
-                                 clock=clock)
+    timed = time_interleaved(fns, iters=iters, warmup=warmup, device=x.device, clock=clock)
     out: Dict[str, Dict[str, Samples]] = {label: {} for label in bottom_ups}
     for (label, name), samples in timed.items():
         out[label][name] = samples

@@ -23,6 +23,7 @@ __all__ = [
     "DetectorOutputs",
     "stage_names",
     "capture_inputs",
+    "stage_feature_inputs",
     "fpn_head_only",
 ]
 
@@ -162,6 +163,15 @@ def capture_inputs(model: nn.Module, names: Sequence[str], *inputs) -> Dict[str,
     if missing:
         raise RuntimeError(f"submodules never called during the forward pass: {missing}")
     return seen
+
+
+def stage_feature_inputs(bottom_up: nn.Module, x: torch.Tensor) -> Dict[str, tuple]:
+    """``{stage: (feature,)}``: the feature map each stage of ``bottom_up`` receives from
+    ``x``, without the image sizes an :class:`~ssb_det.modeling.SSBResNet` also passes its
+    stages. What a trace of the whole network records (it infers no sizes), so counts of the
+    stages add up to the count of the network."""
+    names = stage_names(bottom_up)
+    return {name: args[:1] for name, args in capture_inputs(bottom_up, names, x).items()}
 
 
 class _Replay(nn.Module):

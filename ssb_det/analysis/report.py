@@ -12,11 +12,10 @@ from .flops import CountResult, count_model, count_parameters, mac_analysis
 from .models import (
     DetectorOutputs,
     build_detector,
-    capture_inputs,
+    stage_feature_inputs,
     cfg_label,
     fpn_head_only,
     random_image,
-    stage_names,
 )
 
 __all__ = [
@@ -85,10 +84,9 @@ def analyze_detector(detector, label: str, height: int, width: int, *,
     backbone = detector.backbone
     bottom_up = getattr(backbone, "bottom_up", backbone)
 
-    names = stage_names(bottom_up)
-    inputs = capture_inputs(bottom_up, names, x)
-    for name in names:
-        _add(analysis, name, count_model(getattr(bottom_up, name), inputs[name]))
+    inputs = stage_feature_inputs(bottom_up, x)
+    for name, args in inputs.items():
+        _add(analysis, name, count_model(getattr(bottom_up, name), args))
     _add(analysis, "bottom-up", count_model(bottom_up, (x,)))
     if bottom_up is not backbone:
         with torch.no_grad():
@@ -118,10 +116,9 @@ def part_macs(detector, height: int, width: int, seed: int = 0) -> Dict[str, int
     x = (image - detector.pixel_mean.cpu()) / detector.pixel_std.cpu()
     backbone = detector.backbone
     bottom_up = getattr(backbone, "bottom_up", backbone)
-    names = stage_names(bottom_up)
-    inputs = capture_inputs(bottom_up, names, x)
-    out = {name: _macs(getattr(bottom_up, name), inputs[name]) for name in names}
-    out["bottom-up"] = sum(out[n] for n in names)
+    inputs = stage_feature_inputs(bottom_up, x)
+    out = {name: _macs(getattr(bottom_up, name), args) for name, args in inputs.items()}
+    out["bottom-up"] = sum(out[n] for n in inputs)
     if bottom_up is not backbone:
         with torch.no_grad():
             features = bottom_up(x)

@@ -3,6 +3,8 @@ from .sampling import (
     NonSeparableGrid,
     SaliencySampler,
     SeparableGrid,
+    add_relu_,
+    grid_dtype,
     identity_knots,
     interp_knots,
     invert_knots,

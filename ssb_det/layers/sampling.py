@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "add_relu_",
+    "grid_dtype",
     "SaliencySampler",
     "SeparableGrid",
     "NonSeparableGrid",
@@ -62,14 +64,26 @@ def sampled_size(size: int, ratio: float) -> int:
     return max(1, int(math.floor(ratio * size + 0.5)))
 
 
-def _grid_dtype(t: torch.Tensor) -> torch.Tensor:
-    """The grid's precision: float64 (float32 on MPS, which has no float64).
+def grid_dtype(device) -> torch.dtype:
+    """The grid's precision on ``device``: float64 (float32 on MPS, which has no float64).
 
     The grid tensors are tiny (``N x (G + 1)`` knots, ``N x h`` positions), so float64 costs
     nothing and keeps an identity grid exact to ~1e-7 px even at 4000 px, whatever the
-    features' dtype (half and bfloat16 included).
+    features' dtype (half and bfloat16 included). Image sizes and regions use it too.
     """
-    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _grid_dtype(t: torch.Tensor) -> torch.Tensor:
+    return t.to(grid_dtype(t.device))
+
+
+def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``relu(out + other)``, written into ``out`` when the sum keeps its dtype (as
+    Detectron2's blocks do: no second full-size map). ``out`` must be the caller's own
+    tensor, made in this call and seen by no one else."""
+    out = out.add_(other) if out.dtype == torch.result_type(out, other) else out + other
+    return out.relu_()
 
 
 def _pixel_centres(n: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -554,41 +568,31 @@ class SeparableGrid:
         return separable_resample(y, _interp_taps(ys, h), _interp_taps(xs, w), (H, W),
                                   rows_first=False)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor,
-                         overwrite_shortcut: bool = False) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
 
-        Same values as the unfused expression. In CPU inference (no gradient needed) it runs
-        over channel chunks of about ``CPU_CHUNK_BYTES`` of output, writing each sum straight
-        into the output: the restored map never exists at full size, and the intermediates
-        of a chunk stay in cache.
+        Same values as the unfused expression, in a new tensor (neither input is written).
+        In CPU inference (no gradient needed) it runs over channel chunks of about
+        ``CPU_CHUNK_BYTES`` of output, writing each sum straight into the output: the
+        restored map never exists at full size, and the intermediates of a chunk stay in
+        cache.
 
         Args:
             y (Tensor): ``(N, C, h, w)`` sampled map.
             shortcut (Tensor): ``(N, C, H, W)``.
-            overwrite_shortcut (bool): the caller no longer needs ``shortcut``: the fused
-                paths may write the result into it (each chunk of the shortcut is read
-                before the same chunk of the output is written) instead of allocating a new
-                map - at full size, fresh memory costs page faults on every call. Used only
-                where the result has the shortcut's dtype.
         """
         (H, W), (h, w) = self.in_size, self.out_size
         if shortcut.shape != (*y.shape[:2], H, W):
             raise ValueError(f"shortcut has shape {tuple(shortcut.shape)}, the restored map "
                              f"{(*y.shape[:2], H, W)}")
         if not _chunked_cpu_inference(y, shortcut, self.knots_y, self.knots_x):
-            out = self.inverse(y)
-            out = out.add_(shortcut) if out.dtype == torch.result_type(out, shortcut) \
-                else out + shortcut
-            return out.relu_()
+            return add_relu_(self.inverse(y), shortcut)
         ys, xs = self.inverse_positions(clamp=True)
         row_taps, col_taps = _interp_taps(ys, h), _interp_taps(xs, w)
-        into = overwrite_shortcut and torch.result_type(y, shortcut) == shortcut.dtype
         n, c = y.shape[:2]
         step = _chunk_channels(n, c, (H, W), y.element_size())
         bags = {}  # indices and weights of a chunk depend only on its number of channels
-        out = shortcut if into else torch.empty(
-            shortcut.shape, device=y.device, dtype=torch.result_type(y, shortcut))
+        out = torch.empty(shortcut.shape, device=y.device, dtype=torch.result_type(y, shortcut))
         for start in range(0, c, step):
             stop = min(start + step, c)
             part = separable_resample(y[:, start:stop], row_taps, col_taps, (H, W),
@@ -697,14 +701,9 @@ class NonSeparableGrid:
                             align_corners=False)
         return out.to(y.dtype)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut, overwrite_shortcut: bool = False
-                         ) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`."""
-        restored = self.inverse(y)
-        if overwrite_shortcut and not (torch.is_grad_enabled() and shortcut.requires_grad) \
-                and torch.result_type(restored, shortcut) == shortcut.dtype:
-            return shortcut.add_(restored).relu_()
-        return torch.relu_(restored + shortcut)
+        return torch.relu_(self.inverse(y) + shortcut)
 
 
 class SaliencySampler(nn.Module):

@@ -5,10 +5,10 @@ classification-pretraining model all call it. Stages are assembled with
 ``ResNet.make_stage``, so feature names are ``res2..res5`` and ``FREEZE_AT`` works as for
 Detectron2's ResNet.
 """
-import contextlib
 from typing import Optional, Sequence
 
 import torch
+from torch import nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -17,12 +17,15 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
 
 from ..config import HOSTS
+from ..layers import grid_dtype
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, RSStem, SSBBottleneckBlock
 
 __all__ = [
     "BLOCKS_PER_STAGE",
     "SSBResNet",
+    "SampledStage",
     "image_sizes_from_padding",
+    "region_sizes",
     "ssb_resnet",
     "ssb_resnet_kwargs_from_cfg",
     "build_ssb_resnet_backbone",
@@ -40,7 +43,8 @@ BLOCKS_PER_STAGE = {
 
 
 def image_sizes_from_padding(images: torch.Tensor) -> torch.Tensor:
-    """Sizes of the images of a zero-padded batch: ``(N, 2)`` rows and columns (float64).
+    """Sizes of the images of a zero-padded batch: ``(N, 2)`` rows and columns (in
+    :func:`~ssb_det.layers.grid_dtype`).
 
     Detectron2 normalises each image, ``(x - PIXEL_MEAN) / PIXEL_STD``, and then pads the batch
     with zeros (``ImageList.from_tensors``). An image's extent is its last row (column) with a
@@ -57,7 +61,48 @@ def image_sizes_from_padding(images: torch.Tensor) -> torch.Tensor:
     index_w = torch.arange(1, cols.shape[1] + 1, device=images.device)
     last_row = (rows * index_h).amax(dim=1)
     last_col = (cols * index_w).amax(dim=1)
-    return torch.stack([last_row, last_col], 1).clamp(min=1).to(torch.float64)
+    return torch.stack([last_row, last_col], 1).clamp(min=1).to(grid_dtype(images.device))
+
+
+def region_sizes(image_sizes: torch.Tensor, stride: int) -> torch.Tensor:
+    """``(N, 2)`` rows and columns each image covers in a map of ``stride``: ``ceil(v / s)``.
+
+    Detectron2's strided layers (7x7 stem conv with padding 3, 3x3 max-pool and convs with
+    padding 1, 1x1 convs) map ``v`` pixels to ``ceil(v / 2)``, and nested ceilings of
+    halvings equal one ceiling of the product: an image alone gives exactly this map size,
+    whatever the size of the batch it is padded into.
+    """
+    return torch.ceil(image_sizes / stride)
+
+
+class SampledStage(nn.Sequential):
+    """A ResNet stage (``nn.Sequential`` of blocks, so parameter names are unchanged) that
+    tells its SSB blocks each image's region of their input.
+
+    Args:
+        blocks: the stage's blocks.
+        in_stride (int): stride of the stage's input relative to the image.
+    """
+
+    def __init__(self, *blocks, in_stride: int):
+        super().__init__(*blocks)
+        self.in_stride = int(in_stride)
+
+    def forward(self, x, image_sizes: Optional[torch.Tensor] = None):
+        """
+        Args:
+            x (Tensor): the stage input.
+            image_sizes (Tensor or None): ``(N, 2)`` image sizes in input pixels, in
+                :func:`~ssb_det.layers.grid_dtype`; None: every image fills the batch.
+        """
+        stride = self.in_stride
+        for block in self:
+            stride *= block.stride
+            if isinstance(block, SSBBottleneckBlock):
+                x = block(x, None if image_sizes is None else region_sizes(image_sizes, stride))
+            else:
+                x = block(x)
+        return x
 
 
 class SSBResNet(ResNet):
@@ -66,34 +111,27 @@ class SSBResNet(ResNet):
     Detectron2 pads a batch to its largest image. A plain ResNet sees that padding only near
     an image's border; an SSB block would also pool its saliency over, and spread its
     sampling map across, the padding, so an image would be sampled differently next to larger
-    batch-mates. With ``padding_aware`` each forward tells the SSB blocks every image's
-    size, and each block samples an image exactly as it would sample it alone.
+    batch-mates. With ``padding_aware`` each forward passes every image's size down its
+    stages (:class:`SampledStage`), and each SSB block samples an image exactly as it would
+    sample it alone. Nothing is stored on the modules: one model may serve several threads.
 
     Args:
         stem, stages, num_classes, out_features, freeze_at: as Detectron2's ``ResNet``.
         padding_aware (bool): infer the image sizes of a zero-padded batch
             (:func:`image_sizes_from_padding`) when ``forward`` is not given them.
-        inplace_tail (bool): in inference, let SSB blocks with an identity shortcut, other
-            than a stage's first, write their output into their input's memory. That input
-            is the previous block's output, which only they read, so no fresh full-size map
-            is allocated per block. Not done while gradients are needed, while tracing, or
-            while forward hooks are registered in the stages (a hook may keep a block's
-            output).
     """
 
     def __init__(self, stem, stages, num_classes=None, out_features=None, freeze_at=0,
-                 padding_aware: bool = True, inplace_tail: bool = True):
+                 padding_aware: bool = True):
         super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.padding_aware = bool(padding_aware)
-        self.inplace_tail = bool(inplace_tail)
-        self._ssb_blocks = [b for stage in self.stages for b in stage
-                            if isinstance(b, SSBBottleneckBlock)]
-        # The SSB blocks that may overwrite their input: identity shortcut, and not a stage's
-        # first block, whose input is the previous stage's output (a returned feature, or the
-        # stem's) whatever its shortcut; the others' input only they read.
-        self._inplace_blocks = [b for stage in self.stages for b in list(stage)[1:]
-                                if isinstance(b, SSBBottleneckBlock) and b.shortcut is None]
+        in_stride = self.stem.stride
+        for i, name in enumerate(self.stage_names):
+            stage = SampledStage(*self.stages[i], in_stride=in_stride)
+            setattr(self, name, stage)  # same name, same place among the children
+            self.stages[i] = stage
+            in_stride = self._out_feature_strides[name]
 
     def forward(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
         """As ``ResNet.forward``.
@@ -105,48 +143,26 @@ class SSBResNet(ResNet):
                 ``padding_aware``, else every image fills ``x``. Tracing (export) records a
                 fixed input, so nothing is inferred there.
         """
-        with self.block_state(x, image_sizes):
-            return super().forward(x)
-
-    @contextlib.contextmanager
-    def block_state(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
-        """Within this context, the SSB blocks know what a forward of ``x`` tells them: each
-        image's size and whether they may overwrite their input. ``forward`` runs in it;
-        tools timing one stage on its own enter it with the network input so the stage runs
-        as in the whole network.
-
-        Args:
-            x (Tensor): the network input ``(N, C, H, W)``.
-            image_sizes (Tensor or None): as in :meth:`forward`.
-        """
-        tracing = torch.jit.is_tracing()
-        if image_sizes is None and self.padding_aware and not tracing:
+        assert x.dim() == 4, f"ResNet takes an input of shape (N, C, H, W). Got {x.shape} instead!"
+        if image_sizes is None and self.padding_aware and not torch.jit.is_tracing():
             image_sizes = image_sizes_from_padding(x)
-        extent = None
         if image_sizes is not None:
-            extent = (torch.as_tensor(image_sizes, device=x.device, dtype=torch.float64),
-                      tuple(x.shape[-2:]))
-        inplace = (self.inplace_tail and not torch.is_grad_enabled() and not tracing
-                   and not self._stages_hooked())
-        for block in self._ssb_blocks:
-            block.image_extent = extent
-        for block in self._inplace_blocks:
-            block.owns_input = inplace
-        try:
-            yield
-        finally:
-            for block in self._ssb_blocks:
-                block.image_extent = None
-                block.owns_input = False
-
-    def _stages_hooked(self) -> bool:
-        """Whether a forward hook could see (and keep) a block's input or output."""
-        from torch.nn.modules import module as module_lib
-
-        if module_lib._global_forward_hooks or module_lib._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks
-                   for stage in self.stages for m in stage.modules())
+            image_sizes = torch.as_tensor(image_sizes, device=x.device,
+                                          dtype=grid_dtype(x.device))
+        outputs = {}
+        x = self.stem(x)
+        if "stem" in self._out_features:
+            outputs["stem"] = x
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x, image_sizes)
+            if name in self._out_features:
+                outputs[name] = x
+        if self.num_classes is not None:
+            x = torch.flatten(self.avgpool(x), 1)
+            x = self.linear(x)
+            if "linear" in self._out_features:
+                outputs["linear"] = x
+        return outputs
 
 
 def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled):
@@ -203,7 +219,6 @@ def ssb_resnet(
     drop_path_rate: float = 0.0,
     memory_efficient: bool = True,
     padding_aware: bool = True,
-    inplace_tail: bool = True,
 ) -> ResNet:
     """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
 
@@ -234,8 +249,6 @@ def ssb_resnet(
             backward instead of storing them.
         padding_aware (bool): SSB blocks sample each image of a zero-padded batch within its
             own size (see :class:`SSBResNet`).
-        inplace_tail (bool): in inference, identity-shortcut SSB blocks write their output
-            into their input's memory (see :class:`SSBResNet`).
 
     Returns:
         ResNet: a Detectron2 backbone with ``res2..res5`` features.
@@ -297,7 +310,7 @@ def ssb_resnet(
         bottleneck *= 2
     if any(isinstance(b, SSBBottleneckBlock) for stage in stages for b in stage):
         return SSBResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at,
-                         padding_aware=padding_aware, inplace_tail=inplace_tail)
+                         padding_aware=padding_aware)
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
 
 
@@ -320,7 +333,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         separable=s.SEPARABLE, uniform=s.UNIFORM, inverse_iters=s.INVERSE_ITERS,
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
-        padding_aware=s.PADDING_AWARE, inplace_tail=s.INPLACE_TAIL,
+        padding_aware=s.PADDING_AWARE,
     )
 
 

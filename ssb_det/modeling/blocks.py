@@ -12,7 +12,7 @@ from fvcore.nn import weight_init
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, SaliencySampler, SeparableGrid, SqueezeExcitation
+from ..layers import DropPath, SaliencySampler, SeparableGrid, SqueezeExcitation, add_relu_
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "RSStem", "INVERSE_POSITIONS"]
 
@@ -68,15 +68,26 @@ class RSBottleneckBlock(CNNBlockBase):
         self.se = SqueezeExcitation(out_channels, se_ratio) if se_ratio > 0 else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
-    def _shortcut(self, x):
+    def project(self, x):
+        """The shortcut branch: ``x``, or its (ResNet-D: average-pooled) projection."""
         if self.shortcut is None:
             return x
         if self.avg_down:
             x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True, count_include_pad=False)
         return self.shortcut(x)
 
-    def _residual_tail(self, out):
-        # SE then stochastic depth on the residual branch, before the shortcut is added.
+    def reduce(self, x):
+        """conv1 (1x1, reducing to the bottleneck width) and ReLU."""
+        return F.relu_(self.conv1(x))
+
+    def conv3x3(self, a):
+        """conv2 (the 3x3) and ReLU."""
+        return F.relu_(self.conv2(a))
+
+    def expand(self, b):
+        """conv3 (1x1, expanding to the output width), then SE and stochastic depth on the
+        residual branch, before the shortcut is added."""
+        out = self.conv3(b)
         if self.se is not None:
             out = self.se(out)
         if self.drop_path is not None:
@@ -84,11 +95,8 @@ class RSBottleneckBlock(CNNBlockBase):
         return out
 
     def forward(self, x):
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
-        out = self._residual_tail(self.conv3(out))
-        out = out + self._shortcut(x)
-        return F.relu_(out)
+        out = self.expand(self.conv3x3(self.reduce(x)))
+        return add_relu_(out, self.project(x))
 
 
 class SSBBottleneckBlock(RSBottleneckBlock):
@@ -147,48 +155,34 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
             sigma=kernel_sigma, separable=separable, uniform=uniform, inverse_iters=inverse_iters,
         )
-        # Set by SSBResNet.forward for the duration of one forward: ``(sizes, (H, W))``, the
-        # ``(N, 2)`` image sizes of a padded batch and the batch tensor's size, in input
-        # pixels. None: every image fills the map.
-        self.image_extent = None
-        # Set by SSBResNet.block_state in inference when no one else reads this block's input
-        # (an identity block's input is the previous block's output): the fused tail may
-        # then write the output into it.
-        self.owns_input = False
 
-    def valid_size(self, a):
-        """``(N, 2)`` rows and columns of each image's region of the map ``a``, or None.
-
-        A stride-s layer maps ``v`` input pixels to ``ceil(v / s)`` (padding 1 for 3x3,
-        3 for the 7x7 stem), so the region scales with the map: ``ceil(v * H_a / H)``.
+    def forward(self, x, valid_size=None):
         """
-        if self.image_extent is None:
-            return None
-        sizes, (H, W) = self.image_extent
-        scale = sizes.new_tensor([a.shape[-2] / H, a.shape[-1] / W])
-        return torch.ceil(sizes * scale - 1e-6)
-
-    def forward(self, x):
-        a = F.relu_(self.conv1(x))
-        grid = self.sampler(a, self.valid_size(a))
+        Args:
+            x (Tensor): ``(N, C, H, W)``.
+            valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region
+                of ``x`` in a padded batch (see :class:`SaliencySampler`); None: every image
+                fills the map.
+        """
+        a = self.reduce(x)
+        grid = self.sampler(a, valid_size)
         if self.memory_efficient and self._needs_grad(a, grid):
-            return self._forward_recomputing(a, grid, self._shortcut(x))
-        b = F.relu_(self.conv2(grid.sample(a)))
+            return self._forward_recomputing(a, grid, x)
+        b = self.conv3x3(grid.sample(a))
         if self.inverse_position == "after_conv3":
-            # conv3 (1x1) and the SE gate act per pixel, so they run on the transposed map and
-            # return the (h, w)-transposed layout that the separable inverse starts from:
-            # the copy that layout needs is made of the f-channel input, not of the 4f output.
-            c = self._residual_tail(self.conv3(b.transpose(2, 3))).transpose(2, 3)
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            # A projection's output is this block's own; its input is overwritten only when
-            # SSBResNet says no one else reads it.
-            return grid.inverse_add_relu(c, self._shortcut(x),
-                                         overwrite_shortcut=self.shortcut is not None
-                                         or self.owns_input)
-        out = self._residual_tail(self.conv3(grid.inverse(b)))
-        out = out + self._shortcut(x)
-        return F.relu_(out)
+            return grid.inverse_add_relu(self.expand_sampled(b), self.project(x))
+        return add_relu_(self.expand(grid.inverse(b)), self.project(x))
+
+    def expand_sampled(self, b):
+        """:meth:`expand` of the sampled map, returned in the ``(h, w)``-transposed memory
+        layout that the separable inverse starts from.
+
+        conv3 and the SE gate act per pixel, so they may run on the transposed map: the copy
+        that layout needs is then made of the ``f``-channel input, not of the ``4f`` output.
+        """
+        return self.expand(b.transpose(2, 3)).transpose(2, 3)
 
     @staticmethod
     def _needs_grad(a, grid) -> bool:
@@ -201,10 +195,10 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         # Recomputing a training-mode BatchNorm would update its running statistics twice.
         return not any(isinstance(m, _BatchNorm) and m.training for m in self.conv3.modules())
 
-    def _restore_after_conv3(self, b, grid):
-        return grid.inverse(self._residual_tail(self.conv3(b)))
+    def _expand_and_restore(self, b, grid):
+        return grid.inverse(self.expand(b))
 
-    def _forward_recomputing(self, a, grid, shortcut):
+    def _forward_recomputing(self, a, grid, x):
         """The same computation, with the sampling passes (and conv3) recomputed in backward
         (``torch.utils.checkpoint``) instead of storing their intermediates."""
         # Positions first, outside the recomputed segments: grids cache them, and a segment
@@ -212,21 +206,15 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         if isinstance(grid, SeparableGrid):
             grid.sampling_positions(clamp=True)
             grid.inverse_positions(clamp=True)
-        s = checkpoint(grid.sample, a, use_reentrant=False)
-        b = F.relu_(self.conv2(s))
+        b = self.conv3x3(checkpoint(grid.sample, a, use_reentrant=False))
         if self.inverse_position == "after_conv3":
             if self._conv3_recomputable():
-                out = checkpoint(self._restore_after_conv3, b, grid, use_reentrant=False)
+                out = checkpoint(self._expand_and_restore, b, grid, use_reentrant=False)
             else:
-                out = checkpoint(grid.inverse, self._residual_tail(self.conv3(b)),
-                                 use_reentrant=False)
+                out = checkpoint(grid.inverse, self.expand(b), use_reentrant=False)
         else:
-            out = self._residual_tail(self.conv3(checkpoint(grid.inverse, b,
-                                                            use_reentrant=False)))
-        # In place when the dtypes allow (as Detectron2's blocks do): no second full-size map.
-        out = out.add_(shortcut) if out.dtype == torch.result_type(out, shortcut) \
-            else out + shortcut
-        return F.relu_(out)
+            out = self.expand(checkpoint(grid.inverse, b, use_reentrant=False))
+        return add_relu_(out, self.project(x))
 
 
 class RSStem(CNNBlockBase):
