@@ -52,11 +52,9 @@ def add_ssb_config(cfg):
     # Standard deviation of the Gaussian kernel, in grid cells. *(choice; Recasens: FWHM of
     # 13 cells, i.e. sigma = 13 / 2.355 ~ 5.5)*
     _C.MODEL.SSB.KERNEL_SIGMA = 5.5
-    # Separable map (row/column marginals; exact inverse) or a 2-D map (grid_sample; the
-    # inverse approximated by fixed-point iterations). *(choice)*
+    # Separable sampling map (row/column marginals; exact inverse). Must be True: the 2-D
+    # map was removed (its approximate inverse did not converge); False is refused.
     _C.MODEL.SSB.SEPARABLE = True
-    # Fixed-point iterations of the inverse of a non-separable map (unused when separable).
-    _C.MODEL.SSB.INVERSE_ITERS = 4
     # Hold the saliency constant: uniform sampling, the paper's ablation baseline. The
     # saliency convs are then not created.
     _C.MODEL.SSB.UNIFORM = False

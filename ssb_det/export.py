@@ -59,7 +59,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MIN_OPSET = 16  # GridSample (the non-separable sampler) and LessOrEqual on all types
+MIN_OPSET = 16  # LessOrEqual on all types
 DEFAULT_OPSET = 17
 
 

@@ -75,7 +75,6 @@ def test_ssb_macs_below_baseline_and_params_only_add_saliency(ssb_cfg, ssb_analy
 @pytest.mark.parametrize("kwargs", [
     dict(),
     dict(inverse_position="before_conv3"),
-    dict(separable=False),
     dict(uniform=True),
     dict(se_ratio=0.25, drop_path=0.1),
 ])

@@ -285,3 +285,10 @@ def _narrow_ssb_r50(**kwargs):
             w = m.sampler.saliency_conv.weight
             w.data.copy_(torch.randn(w.shape, generator=gen))
     return model
+
+
+def test_non_separable_map_is_refused_with_a_clear_error():
+    # Issue 12, defect 4: the 2-D map's inverse did not converge; it was removed.
+    with pytest.raises(ValueError, match="MODEL.SSB.SEPARABLE=False.*removed"):
+        build_backbone(make_cfg(SEPARABLE=False))
+    assert "INVERSE_ITERS" not in make_cfg().MODEL.SSB

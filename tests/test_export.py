@@ -109,9 +109,9 @@ class _Blocks(nn.Module):
 
 
 @pytest.mark.parametrize("variant", [
-    dict(), dict(separable=False), dict(inverse_position="before_conv3"), dict(se_ratio=0.25),
+    dict(), dict(inverse_position="before_conv3"), dict(se_ratio=0.25),
     dict(sampling_ratio=0.3, grid_size=5, grid_padding=4, kernel_sigma=1.5)],
-    ids=["separable", "non-separable", "before_conv3", "se", "ratio0.3-grid5"])
+    ids=["separable", "before_conv3", "se", "ratio0.3-grid5"])
 def test_ssb_block_variants_export_with_parity(tmp_path, variant):
     module = _Blocks(**variant).eval()
     example, other = torch.randn(2, 32, 23, 37), torch.randn(2, 32, 23, 37)

@@ -72,9 +72,9 @@ def test_backbone_4000px(size):
     assert_backbone_output(out, 1, *size, model)
 
 
-@pytest.mark.parametrize("separable,position", [(False, "after_conv3"), (True, "before_conv3")])
-def test_backbone_options_at_degenerate_sizes(separable, position):
-    model = narrow_r50(separable=separable, inverse_position=position)
+@pytest.mark.parametrize("position", ["after_conv3", "before_conv3"])
+def test_backbone_options_at_degenerate_sizes(position):
+    model = narrow_r50(inverse_position=position)
     for size in [(1, 1), (1, 77), (45, 2)]:
         with torch.no_grad():
             out = model(torch.randn(1, 3, *size))
@@ -144,17 +144,17 @@ def _padded_real_image(a, padded_size, batch_mate_seed=1):
     return padded
 
 
-def _padding_changes_the_grid_of_the_real_image(logit_std, separable=True, tell_valid=True):
+def _padding_changes_the_grid_of_the_real_image(logit_std, tell_valid=True):
     """Largest change of where the real image of a 40x56 map is sampled when it is
     zero-padded to 80x96 next to a larger batch-mate, relative to the mean sampling step.
 
-    Separable grids: the sampling rate (step of the inverse map) over the image's rows and
-    columns. 2-D grids: the positions the image's sampled pixels read. ``tell_valid`` passes
+    The sampling rate (step of the inverse map) over the image's rows and columns.
+    ``tell_valid`` passes
     the image sizes to the sampler, as SSBResNet does. The saliency conv is scaled so that
     the pooled logits of the lone map have standard deviation ``logit_std``.
     """
     torch.manual_seed(0)
-    sampler = SaliencySampler(8, 0.5, grid_size=31, padding=30, sigma=5.5, separable=separable)
+    sampler = SaliencySampler(8, 0.5, grid_size=31, padding=30, sigma=5.5)
     a = torch.nn.functional.interpolate(torch.randn(1, 8, 5, 7), size=(40, 56), mode="bilinear",
                                         align_corners=False)  # smooth features, like real ones
     w = sampler.saliency_conv.weight
@@ -165,17 +165,13 @@ def _padding_changes_the_grid_of_the_real_image(logit_std, separable=True, tell_
     valid = torch.tensor([[40, 56], [80, 96]]) if tell_valid else None
     with torch.no_grad():
         alone, batched = sampler(a), sampler(padded, valid)
-        if separable:
-            changes = []
-            for axis, n in ((0, 40), (1, 56)):
-                rate_alone = alone.inverse_positions()[axis][0].diff()
-                rate_batched = batched.inverse_positions()[axis][0, :n].diff()
-                changes.append((rate_batched - rate_alone).abs().max().item()
-                               / rate_alone.abs().mean().item())
-            return max(changes)
-        pos_alone = alone.sampling_positions()[0]
-        pos_batched = batched.sampling_positions()[0, :20, :28]
-        return (pos_batched - pos_alone).abs().max().item() / 2.0  # mean step: 1 / r = 2 px
+        changes = []
+        for axis, n in ((0, 40), (1, 56)):
+            rate_alone = alone.inverse_positions()[axis][0].diff()
+            rate_batched = batched.inverse_positions()[axis][0, :n].diff()
+            changes.append((rate_batched - rate_alone).abs().max().item()
+                           / rate_alone.abs().mean().item())
+        return max(changes)
 
 
 def test_uniform_sampling_of_an_image_does_not_depend_on_padding():
@@ -186,16 +182,14 @@ def test_uniform_sampling_of_an_image_does_not_depend_on_padding():
     assert _padding_changes_the_grid_of_the_real_image(logit_std=0.0) < 1e-9
 
 
-@pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("logit_std", [1.0, 3.0])
-def test_learned_sampling_of_an_image_does_not_depend_on_padding(separable, logit_std):
+def test_learned_sampling_of_an_image_does_not_depend_on_padding(logit_std):
     # Given the image sizes, the saliency is pooled over the image only and the map spans
     # it only: the image is sampled exactly as alone (float32 pooling: ~1e-7 changes).
-    assert _padding_changes_the_grid_of_the_real_image(logit_std, separable) < 1e-5
+    assert _padding_changes_the_grid_of_the_real_image(logit_std) < 1e-5
     # Without them, the same saliency samples the image differently next to a larger
     # batch-mate (what MODEL.SSB.PADDING_AWARE False does): the sizes are what matters.
-    assert _padding_changes_the_grid_of_the_real_image(logit_std, separable,
-                                                       tell_valid=False) > 0.1
+    assert _padding_changes_the_grid_of_the_real_image(logit_std, tell_valid=False) > 0.1
 
 
 @pytest.mark.parametrize("inverse_position", ["after_conv3", "before_conv3"])
@@ -262,9 +256,9 @@ def test_padding_aware_backbone_matches_explicit_sizes_and_can_be_disabled():
 # ----------------------------------------------------------------------------- precision
 
 
-def _extreme_block(scale, separable=True):
+def _extreme_block(scale):
     torch.manual_seed(0)
-    block = SSBBottleneckBlock(32, 32, bottleneck_channels=8, norm="BN", separable=separable,
+    block = SSBBottleneckBlock(32, 32, bottleneck_channels=8, norm="BN",
                                grid_size=7, grid_padding=6, kernel_sigma=2.0).eval()
     w = block.sampler.saliency_conv.weight
     # Logits of order +-1e4 and beyond: softmax underflows to exact zeros almost everywhere.
@@ -273,34 +267,25 @@ def _extreme_block(scale, separable=True):
 
 
 def _assert_grid_finite_and_inside(grid, h, w):
-    if hasattr(grid, "knots_y"):
-        knots = [grid.knots_y, grid.knots_x]
-        for k in knots:
-            assert torch.isfinite(k).all()
-            assert (k.diff(dim=1) > 0).all(), "separable map must stay strictly increasing"
-            assert k[:, 0].eq(0).all() and k[:, -1].eq(1).all()
-        ys, xs = grid.sampling_positions()
-        assert ys.min() >= -0.5 and ys.max() <= h - 0.5
-        assert xs.min() >= -0.5 and xs.max() <= w - 0.5
-        iy, ix = grid.inverse_positions()
-        assert torch.isfinite(iy).all() and torch.isfinite(ix).all()
-    else:
-        assert torch.isfinite(grid.knots).all()
-        assert grid.knots.min() >= 0 and grid.knots.max() <= 1
-        pos = grid.sampling_positions()
-        assert torch.isfinite(pos).all()
-        assert pos[..., 0].min() >= -0.5 and pos[..., 0].max() <= w - 0.5
-        assert pos[..., 1].min() >= -0.5 and pos[..., 1].max() <= h - 0.5
+    for k in (grid.knots_y, grid.knots_x):
+        assert k.dtype == torch.float64  # whatever the features' dtype
+        assert torch.isfinite(k).all()
+        assert (k.diff(dim=1) > 0).all(), "separable map must stay strictly increasing"
+        assert k[:, 0].eq(0).all() and k[:, -1].eq(1).all()
+    ys, xs = grid.sampling_positions()
+    assert ys.min() >= -0.5 and ys.max() <= h - 0.5
+    assert xs.min() >= -0.5 and xs.max() <= w - 0.5
+    iy, ix = grid.inverse_positions()
+    assert torch.isfinite(iy).all() and torch.isfinite(ix).all()
 
 
-@pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("dtype,scale", [
     (torch.float32, 1e4), (torch.float32, -1e4), (torch.float32, 1e30),
     (torch.bfloat16, 1e4), (torch.bfloat16, -1e4), (torch.bfloat16, 1e30),
     (torch.float16, 1e4), (torch.float16, -1e4),
 ])
-def test_extreme_saliency_logits_keep_grid_and_block_finite(separable, scale, dtype):
-    block = _extreme_block(scale, separable).to(dtype)
+def test_extreme_saliency_logits_keep_grid_and_block_finite(scale, dtype):
+    block = _extreme_block(scale).to(dtype)
     x = torch.randn(2, 32, 29, 43).to(dtype)
     with torch.no_grad():
         a = torch.relu(block.conv1(x))
@@ -323,11 +308,10 @@ def _cpu_autocast_dtypes():
     return dtypes
 
 
-@pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 @pytest.mark.parametrize("dtype", _cpu_autocast_dtypes())
-def test_block_under_cpu_autocast_with_extreme_saliency(separable, scale, dtype):
-    block = _extreme_block(scale, separable)
+def test_block_under_cpu_autocast_with_extreme_saliency(scale, dtype):
+    block = _extreme_block(scale)
     x = torch.randn(2, 32, 29, 43)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         a = torch.relu(block.conv1(x))
@@ -350,11 +334,10 @@ def test_backbone_trains_a_step_under_cpu_autocast():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_block_under_cuda_autocast_with_extreme_saliency(separable, scale, dtype):
-    block = _extreme_block(scale, separable).cuda().train()
+def test_block_under_cuda_autocast_with_extreme_saliency(scale, dtype):
+    block = _extreme_block(scale).cuda().train()
     x = torch.randn(2, 32, 29, 43, device="cuda", requires_grad=True)
     with torch.autocast("cuda", dtype=dtype):
         a = torch.relu(block.conv1(x))

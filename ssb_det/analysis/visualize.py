@@ -16,7 +16,7 @@ from detectron2.data import transforms as T
 
 from ..data.validation import read_image  # names the file; scales 16-bit images
 from ..checkpoint import SSBCheckpointer
-from ..layers import SaliencySampler, SeparableGrid
+from ..layers import SaliencySampler
 from ..modeling.blocks import SSBBottleneckBlock
 from .models import build_detector
 
@@ -34,11 +34,11 @@ class BlockSampling:
         feature_size (tuple[int, int]): ``(H, W)`` of the block's feature map.
         sampled_size (tuple[int, int]): ``(h, w)``.
         points (np.ndarray): ``(h * w, 2)`` sampled positions ``(x, y)`` in image pixels.
-        rows (np.ndarray or None): ``(h,)`` sampled row positions (separable grids only).
-        cols (np.ndarray or None): ``(w,)`` sampled column positions (separable grids only).
+        rows (np.ndarray): ``(h,)`` sampled row positions.
+        cols (np.ndarray): ``(w,)`` sampled column positions.
         density (np.ndarray): ``(H, W)`` sampling density relative to uniform sampling at
             the same ratio (1 everywhere for uniform sampling), from the slope of the inverse
-            map (the Jacobian determinant for a 2-D grid).
+            map.
     """
 
     name: str
@@ -46,8 +46,8 @@ class BlockSampling:
     feature_size: tuple
     sampled_size: tuple
     points: np.ndarray
-    rows: Optional[np.ndarray]
-    cols: Optional[np.ndarray]
+    rows: np.ndarray
+    cols: np.ndarray
     density: np.ndarray
 
 
@@ -120,27 +120,13 @@ def collect_sampling(model: torch.nn.Module, image: torch.Tensor) -> List[BlockS
     for name, grid in grids.items():
         s = stage_stride[name.split(".")[0]]
         (H, W), (h, w) = grid.in_size, grid.out_size
-        if isinstance(grid, SeparableGrid):
-            ys, xs = (p[0].double().cpu().numpy() for p in grid.sampling_positions())
-            yy, xx = np.meshgrid(ys, xs, indexing="ij")
-            rows, cols = _to_image(ys, s), _to_image(xs, s)
-            # Samples per full-size pixel = slope of the inverse map (sampled pixels per full
-            # pixel), relative to the uniform slope h/H; the 2-D density is the product.
-            iy, ix = (p[0].double().cpu().numpy() for p in grid.inverse_positions())
-            dy = _slope(iy) * H / h
-            dx = _slope(ix) * W / w
-            density = np.outer(dy, dx)
-        else:
-            pos = grid.sampling_positions()[0].double().cpu().numpy()  # (h, w, 2) x, y
-            xx, yy = pos[..., 0], pos[..., 1]
-            rows = cols = None
-            # |det| of the Jacobian of the (normalised) inverse map: 1 for uniform sampling.
-            inv = grid.inverse_positions()[0].double().cpu().numpy()  # (H, W, 2)
-            sx_x = _slope(inv[..., 0], axis=1) * W
-            sx_y = _slope(inv[..., 0], axis=0) * H
-            sy_x = _slope(inv[..., 1], axis=1) * W
-            sy_y = _slope(inv[..., 1], axis=0) * H
-            density = np.abs(sx_x * sy_y - sx_y * sy_x)
+        ys, xs = (p[0].double().cpu().numpy() for p in grid.sampling_positions())
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        rows, cols = _to_image(ys, s), _to_image(xs, s)
+        # Samples per full-size pixel = slope of the inverse map (sampled pixels per full
+        # pixel), relative to the uniform slope h/H; the 2-D density is the product.
+        iy, ix = (p[0].double().cpu().numpy() for p in grid.inverse_positions())
+        density = np.outer(_slope(iy) * H / h, _slope(ix) * W / w)
         points = np.stack([_to_image(xx.ravel(), s), _to_image(yy.ravel(), s)], axis=1)
         out.append(BlockSampling(name, s, (H, W), (h, w), points, rows, cols, density))
     return out
@@ -164,17 +150,12 @@ def _draw(ax, rgb: np.ndarray, b: BlockSampling, max_lines: int = 24):
     dens = np.log2(np.clip(b.density, 1 / 16, 16))
     ax.imshow(dens, cmap="coolwarm", vmin=-2, vmax=2, alpha=0.45, extent=extent,
               interpolation="nearest")
-    if b.rows is not None:
-        step_r = max(1, math.ceil(len(b.rows) / max_lines))
-        step_c = max(1, math.ceil(len(b.cols) / max_lines))
-        for y in b.rows[::step_r]:
-            ax.axhline(y, color="yellow", lw=0.5, alpha=0.8)
-        for x in b.cols[::step_c]:
-            ax.axvline(x, color="yellow", lw=0.5, alpha=0.8)
-    else:
-        step = max(1, math.ceil(len(b.points) / (max_lines * max_lines)))
-        p = b.points[::step]
-        ax.scatter(p[:, 0], p[:, 1], s=2, c="yellow", alpha=0.8)
+    step_r = max(1, math.ceil(len(b.rows) / max_lines))
+    step_c = max(1, math.ceil(len(b.cols) / max_lines))
+    for y in b.rows[::step_r]:
+        ax.axhline(y, color="yellow", lw=0.5, alpha=0.8)
+    for x in b.cols[::step_c]:
+        ax.axvline(x, color="yellow", lw=0.5, alpha=0.8)
     ax.set_xlim(-0.5, iw - 0.5)
     ax.set_ylim(ih - 0.5, -0.5)
     ax.set_xticks([])

@@ -1,6 +1,5 @@
 """Pure-PyTorch layers of SSB-ResNet: the saliency sampler and its inverse, SE, drop path."""
 from .sampling import (
-    NonSeparableGrid,
     SaliencySampler,
     SeparableGrid,
     add_relu_,
@@ -8,9 +7,7 @@ from .sampling import (
     identity_knots,
     interp_knots,
     invert_knots,
-    linear_resample,
     recasens_knots_1d,
-    recasens_knots_2d,
     sampled_size,
 )
 from .misc import DropPath, SqueezeExcitation

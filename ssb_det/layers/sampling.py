@@ -7,16 +7,12 @@ sampling map ``phi: [0, 1] -> [0, 1]`` says where in the input the output positi
 reads. The identity map reproduces ``F.interpolate(mode="bilinear", align_corners=False)``
 exactly, which is what makes "uniform sampling" an honest ablation of the same code.
 
-Separable grid (default). The 2-D saliency is reduced to its row and column marginals and
+Separable grid. The 2-D saliency is reduced to its row and column marginals and
 the 1-D Recasens formula (Recasens et al., "Learning to Zoom", 2018) is evaluated on each.
 ``phi`` is stored as ``G + 1`` knots at ``t = k / G`` and is piecewise linear between
 them, strictly increasing, with ``phi(0) = 0`` and ``phi(1) = 1``; so sampling is two 1-D
 interpolations and the inverse is exact (invert the piecewise-linear map with
 ``searchsorted``).
-
-Non-separable grid (option). The 2-D Recasens formula gives ``(u, v)`` knots on a
-``(G + 1) x (G + 1)`` lattice; sampling uses ``grid_sample``; the inverse is approximate
-(a few fixed-point iterations ``s <- s + (t - phi(s))``).
 
 Valid regions. In a padded batch (Detectron2 pads every image to the largest one) each
 image may cover only the top-left ``v_y x v_x`` pixels of the map. Given those sizes, the
@@ -40,14 +36,11 @@ __all__ = [
     "grid_dtype",
     "SaliencySampler",
     "SeparableGrid",
-    "NonSeparableGrid",
     "sampled_size",
     "recasens_knots_1d",
-    "recasens_knots_2d",
     "identity_knots",
     "interp_knots",
     "invert_knots",
-    "linear_resample",
     "separable_resample",
     "valid_pooling_matrices",
 ]
@@ -174,38 +167,6 @@ def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> tor
     return (c - c0) / (c1 - c0)
 
 
-def recasens_knots_2d(saliency: torch.Tensor, padding: int, sigma: float) -> torch.Tensor:
-    """2-D Recasens sampling map (the non-separable option).
-
-    Args:
-        saliency (Tensor): ``(N, G, G)`` non-negative, summing to 1 per image.
-        padding (int): replicate padding in cells.
-        sigma (float): Gaussian kernel standard deviation in cells.
-
-    Returns:
-        Tensor: ``(N, 2, G + 1, G + 1)`` knots ``(u, v)`` (x then y) at corners ``(k/G, l/G)``,
-        clamped to ``[0, 1]``. A constant saliency gives the identity.
-    """
-    s = _grid_dtype(saliency)
-    n, gh, gw = s.shape
-    s = s * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / (gh * gw)
-    p = int(padding)
-    s_pad = F.pad(s[:, None], (p, p, p, p), mode="replicate") if p > 0 else s[:, None]
-    k = _gaussian_kernel(p, sigma, s.device, s.dtype)
-    d = torch.arange(-p, p + 1, device=s.device, dtype=s.dtype)
-
-    def smooth(t, kx, ky):  # separable 2-D Gaussian (times offsets) correlation
-        return F.conv2d(F.conv2d(t, kx[None, None, None, :]), ky[None, None, :, None])
-
-    # Centre plus weighted mean offset, as in recasens_knots_1d.
-    den = smooth(s_pad, k, k)
-    u = _pixel_centres(gw, s.device, s.dtype) + smooth(s_pad, k * d / gw, k) / den
-    v = _pixel_centres(gh, s.device, s.dtype)[:, None] + smooth(s_pad, k, k * d / gh) / den
-    uv = torch.cat([u, v], dim=1)  # (N, 2, G, G) at centres
-    uv = _centres_to_corners(_centres_to_corners(uv, dim=2), dim=3)
-    return uv.clamp(0.0, 1.0)
-
-
 def interp_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Evaluate the piecewise-linear map with knots at ``k / K`` at positions ``t``.
 
@@ -307,36 +268,6 @@ def _region_sizes(knots: torch.Tensor, in_size, out_size, valid_in, valid_out):
         valid_in = knots.new_tensor([in_size]).expand(n, 2)
         valid_out = knots.new_tensor([out_size]).expand(n, 2)
     return valid_in.to(knots.dtype), valid_out.to(knots.dtype)
-
-
-def linear_resample(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """1-D linear interpolation of ``x`` along ``dim`` (2 or 3) at per-image positions.
-
-    Args:
-        x (Tensor): ``(N, C, H, W)``.
-        pos (Tensor): ``(N, L)`` pixel coordinates (pixel ``i`` at ``i``), clamped to the axis
-            like ``F.interpolate`` does.
-        dim (int): 2 resamples rows (H -> L), 3 resamples columns (W -> L).
-
-    Returns:
-        Tensor: ``x`` with axis ``dim`` of length ``L``.
-    """
-    n, c = x.shape[:2]
-    size = x.shape[dim]
-    pos = pos.clamp(0, size - 1)
-    i0 = pos.floor().clamp(max=max(size - 2, 0)).long()
-    i1 = (i0 + 1).clamp(max=size - 1)
-    w = (pos - i0).to(x.dtype)
-    length = pos.shape[1]
-    if dim == 2:
-        shape, wshape = (n, c, length, x.shape[3]), (n, 1, length, 1)
-        i0, i1 = i0[:, None, :, None], i1[:, None, :, None]
-    else:
-        shape, wshape = (n, c, x.shape[2], length), (n, 1, 1, length)
-        i0, i1 = i0[:, None, None, :], i1[:, None, None, :]
-    x0 = x.gather(dim, i0.expand(shape))
-    x1 = x.gather(dim, i1.expand(shape))
-    return torch.lerp(x0, x1, w.view(wshape))
 
 
 # Full-size bytes per channel chunk of the CPU inference paths of SeparableGrid.sample and
@@ -603,109 +534,6 @@ class SeparableGrid:
         return out
 
 
-class NonSeparableGrid:
-    """A 2-D sampling map; forward with ``grid_sample``, approximate inverse by iteration.
-
-    Args:
-        knots (Tensor): ``(N, 2, G + 1, G + 1)`` ``(u, v)`` at lattice corners.
-        in_size (tuple[int, int]): full size ``(H, W)``.
-        out_size (tuple[int, int]): sampled size ``(h, w)``.
-        inverse_iters (int): fixed-point iterations of the inverse.
-        valid_in, valid_out (Tensor or None): as :class:`SeparableGrid`. Pixels outside an
-            image's region (in either map) follow the separable two-segment maps with the
-            identity inside, so only the image's own pixels are sampled by the 2-D map.
-    """
-
-    def __init__(self, knots, in_size, out_size, inverse_iters: int = 4,
-                 valid_in: Optional[torch.Tensor] = None,
-                 valid_out: Optional[torch.Tensor] = None):
-        self.knots = knots
-        self.in_size, self.out_size = tuple(in_size), tuple(out_size)
-        self.inverse_iters = inverse_iters
-        self.valid_in, self.valid_out = _region_sizes(knots, self.in_size, self.out_size,
-                                                      valid_in, valid_out)
-
-    def _phi(self, s: torch.Tensor) -> torch.Tensor:
-        # s: (N, h, w, 2) in [0, 1] (x, y) -> phi(s) in the same layout.
-        out = F.grid_sample(self.knots, s * 2 - 1, mode="bilinear", align_corners=True)
-        return out.permute(0, 2, 3, 1)
-
-    def _lattice(self, valid: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``(N, h, w, 2)`` pixel centres ``(x, y)`` normalised by each image's ``valid``
-        size, clamped to 1 (pixels past the region are replaced by the caller)."""
-        dt = self.knots.dtype
-        ys = torch.arange(h, device=valid.device, dtype=dt)[None]
-        xs = torch.arange(w, device=valid.device, dtype=dt)[None]
-        ty = ((ys + 0.5) / valid[:, :1]).clamp(max=1.0)
-        tx = ((xs + 0.5) / valid[:, 1:]).clamp(max=1.0)
-        n = valid.shape[0]
-        return torch.stack([tx[:, None, :].expand(n, h, w), ty[:, :, None].expand(n, h, w)], -1)
-
-    def _to_pixels(self, s, v_dst, v_src, n_dst, n_src):
-        """Normalised positions ``s`` (``(N, h, w, 2)`` on the source's regions) -> source
-        pixel coordinates, with pixels outside the destination's regions on the separable
-        two-segment maps."""
-        h, w = n_dst
-
-        def identity(t):
-            return t
-
-        scale = v_src.flip(1)[:, None, None, :]  # (x, y) order
-        inside_pix = torch.minimum((s * scale - 0.5).clamp(min=0.0), scale - 1)
-        py = _two_segment_positions(identity, h, n_src[0], v_dst[:, 0], v_src[:, 0])
-        px = _two_segment_positions(identity, w, n_src[1], v_dst[:, 1], v_src[:, 1])
-        plain = torch.stack([px[:, None, :].expand(-1, h, w), py[:, :, None].expand(-1, h, w)], -1)
-        rows = torch.arange(h, device=s.device, dtype=s.dtype)[None, :, None] < v_dst[:, :1, None]
-        cols = torch.arange(w, device=s.device, dtype=s.dtype)[None, None, :] < v_dst[:, 1:, None]
-        return torch.where((rows & cols)[..., None], inside_pix, plain)
-
-    def sampling_positions(self):
-        """``(N, h, w, 2)`` input pixel coordinates ``(x, y)`` read by each sampled pixel."""
-        (h, w) = self.out_size
-        uv = self._phi(self._lattice(self.valid_out, h, w))
-        return self._to_pixels(uv, self.valid_out, self.valid_in, (h, w), self.in_size)
-
-    @staticmethod
-    def _grid(pixels, size):
-        """Pixel coordinates ``(x, y)`` -> ``grid_sample``'s ``[-1, 1]`` (align_corners=False)."""
-        h, w = size
-        return (pixels + 0.5) / pixels.new_tensor([w, h]) * 2 - 1
-
-    def sample(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W) -> (N, C, h, w)`` with ``grid_sample``."""
-        grid = self._grid(self.sampling_positions(), self.in_size)
-        out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
-                            align_corners=False)
-        return out.to(x.dtype)
-
-    def inverse_positions(self) -> torch.Tensor:
-        """``(N, H, W, 2)`` normalised positions ``s`` of the sampled map read by each full-size
-        pixel: ``phi(s) ~ t`` on an image's region.
-
-        Fixed-point iterations ``s <- s + (t - phi(s))`` from ``s = t``; exact for the
-        identity. Near borders the clamped 2-D map may not reach ``t`` at all; there ``s``
-        stops at the nearest reachable position.
-        """
-        H, W = self.in_size
-        target = self._lattice(self.valid_in, H, W)
-        s = target
-        for _ in range(self.inverse_iters):
-            s = (s + (target - self._phi(s))).clamp(0.0, 1.0)
-        pixels = self._to_pixels(s, self.valid_in, self.valid_out, (H, W), self.out_size)
-        h, w = self.out_size
-        return (pixels + 0.5) / pixels.new_tensor([w, h])
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        s = self.inverse_positions()
-        out = F.grid_sample(y, (s * 2 - 1).to(y.dtype), mode="bilinear", padding_mode="border",
-                            align_corners=False)
-        return out.to(y.dtype)
-
-    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``relu(shortcut + inverse(y))``, as :meth:`SeparableGrid.inverse_add_relu`."""
-        return torch.relu_(self.inverse(y) + shortcut)
-
-
 class SaliencySampler(nn.Module):
     """Predicts where to sample a feature map and builds the sampling grid.
 
@@ -720,15 +548,12 @@ class SaliencySampler(nn.Module):
         grid_size (int): side ``G`` of the pooled saliency grid (Recasens: 31).
         padding (int): replicate padding ``P`` of the saliency, in cells (Recasens: 30).
         sigma (float): Gaussian kernel std in cells (Recasens: FWHM 13 -> about 5.5).
-        separable (bool): separable map with exact inverse (default) or a 2-D map.
         uniform (bool): hold the saliency constant (uniform sampling ablation); then no
             saliency conv is created.
-        inverse_iters (int): fixed-point iterations of the 2-D inverse.
     """
 
     def __init__(self, in_channels: int, ratio: float, *, grid_size: int = 31, padding: int = 30,
-                 sigma: float = 5.5, separable: bool = True, uniform: bool = False,
-                 inverse_iters: int = 4):
+                 sigma: float = 5.5, uniform: bool = False):
         super().__init__()
         if not (0.0 < ratio <= 1.0):
             raise ValueError(f"sampling ratio must be in (0, 1], got {ratio}")
@@ -741,16 +566,14 @@ class SaliencySampler(nn.Module):
         self.grid_size = int(grid_size)
         self.padding = int(padding)
         self.sigma = float(sigma)
-        self.separable = bool(separable)
         self.uniform = bool(uniform)
-        self.inverse_iters = int(inverse_iters)
         if not self.uniform:
             self.saliency_conv = nn.Conv2d(in_channels, 1, kernel_size=1, bias=False)
             nn.init.zeros_(self.saliency_conv.weight)
 
     def extra_repr(self):
         return (f"ratio={self.ratio}, grid_size={self.grid_size}, padding={self.padding}, "
-                f"sigma={self.sigma}, separable={self.separable}, uniform={self.uniform}")
+                f"sigma={self.sigma}, uniform={self.uniform}")
 
     def out_size(self, h: int, w: int) -> Tuple[int, int]:
         return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
@@ -818,10 +641,10 @@ class SaliencySampler(nn.Module):
         H, W = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
             valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)
-            if self.separable and self.uniform:
+            if self.uniform:
                 n, g = x.shape[0], self.grid_size
                 ky = kx = _grid_dtype(identity_knots(n, g, x.device))
-                return self._grid(ky, kx, None, (H, W), valid)
+                return self._grid(ky, kx, (H, W), valid)
             saliency = self.saliency(x, None if valid is None else valid[0])
             return self._grid_of_saliency(saliency, (H, W), valid)
 
@@ -842,18 +665,12 @@ class SaliencySampler(nn.Module):
     def _grid_of_saliency(self, saliency, in_size, valid):
         """:meth:`grid_from_saliency` with sizes checked by :meth:`_valid_sizes` (or None)."""
         with torch.autocast(device_type=saliency.device.type, enabled=False):
-            if self.separable:
-                ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
-                kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
-                return self._grid(ky, kx, None, in_size, valid)
-            knots = recasens_knots_2d(saliency, self.padding, self.sigma)
-            return self._grid(None, None, knots, in_size, valid)
+            ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
+            kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
+            return self._grid(ky, kx, in_size, valid)
 
-    def _grid(self, ky, kx, knots, in_size, valid):
+    def _grid(self, ky, kx, in_size, valid):
         """The grid object; ``valid`` is :meth:`_valid_sizes`' pair or None."""
         H, W = in_size
-        out_size = self.out_size(H, W)
         valid = (None, None) if valid is None else valid
-        if knots is None:
-            return SeparableGrid(ky, kx, (H, W), out_size, *valid)
-        return NonSeparableGrid(knots, (H, W), out_size, self.inverse_iters, *valid)
+        return SeparableGrid(ky, kx, (H, W), self.out_size(H, W), *valid)

@@ -211,9 +211,7 @@ def ssb_resnet(
     grid_size: int = 31,
     grid_padding: int = 30,
     kernel_sigma: float = 5.5,
-    separable: bool = True,
     uniform: bool = False,
-    inverse_iters: int = 4,
     inverse_position: str = "after_conv3",
     se_ratio: float = 0.25,
     drop_path_rate: float = 0.0,
@@ -241,8 +239,7 @@ def ssb_resnet(
         res5_dilation (int): 1 or 2 (dilated res5 keeps stride 16).
         out_features (Sequence[str]): features to return, e.g. ``["res2", ..., "res5"]``.
         freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...).
-        grid_size, grid_padding, kernel_sigma, separable, uniform, inverse_iters,
-        inverse_position: sampler options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
+        grid_size, grid_padding, kernel_sigma, uniform, inverse_position: sampler options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
         se_ratio (float): SE ratio of the ResNet-RS host (ignored by the plain host).
         drop_path_rate (float): stochastic depth of the last block, linear from 0.
         memory_efficient (bool): SSB blocks recompute their sampling passes and conv3 in
@@ -285,7 +282,7 @@ def ssb_resnet(
         sampled = enabled and ratios[idx] < 1.0
         ssb_kwargs = dict(sampling_ratio=ratios[idx], grid_size=grid_size,
                           grid_padding=grid_padding, kernel_sigma=kernel_sigma,
-                          separable=separable, uniform=uniform, inverse_iters=inverse_iters,
+                          uniform=uniform,
                           inverse_position=inverse_position, memory_efficient=memory_efficient)
         # Consecutive runs of one block class, each made by ResNet.make_stage: strided blocks
         # stay plain bottlenecks, stride-1 blocks of a sampled stage are SSB blocks.
@@ -322,6 +319,12 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         in_channels (int): image channels.
     """
     r, s = cfg.MODEL.RESNETS, cfg.MODEL.SSB
+    if not s.SEPARABLE:
+        raise ValueError(
+            "MODEL.SSB.SEPARABLE=False: the 2-D (non-separable) sampling map was removed (its "
+            "approximate inverse did not converge); only the separable map, with its exact "
+            "inverse, is supported: set MODEL.SSB.SEPARABLE True"
+        )
     return dict(
         depth=r.DEPTH, in_channels=in_channels, host=s.HOST, enabled=s.ENABLED,
         ratios=list(s.RATIOS), norm=r.NORM, stem_out_channels=r.STEM_OUT_CHANNELS,
@@ -330,7 +333,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION,
         out_features=list(r.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         grid_size=s.GRID_SIZE, grid_padding=s.GRID_PADDING, kernel_sigma=s.KERNEL_SIGMA,
-        separable=s.SEPARABLE, uniform=s.UNIFORM, inverse_iters=s.INVERSE_ITERS,
+        uniform=s.UNIFORM,
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
         padding_aware=s.PADDING_AWARE,

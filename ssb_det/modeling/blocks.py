@@ -118,8 +118,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         stride_in_1x1 (bool): accepted for ``make_stage`` compatibility (no effect at stride 1).
         avg_down (bool): accepted for ``make_stage`` compatibility (no effect at stride 1).
         sampling_ratio (float): sampled size / full size in ``(0, 1]``.
-        grid_size (int), grid_padding (int), kernel_sigma (float), separable (bool),
-        uniform (bool), inverse_iters (int): see :class:`SaliencySampler`.
+        grid_size (int), grid_padding (int), kernel_sigma (float), uniform (bool): see
+            :class:`SaliencySampler`.
         inverse_position (str): ``"after_conv3"``: conv3 (and SE) run on the sampled map and
             the inverse restores ``4f`` channels; ``"before_conv3"``: the inverse restores
             the ``f``-channel 3x3 output and conv3 runs at full size.
@@ -134,8 +134,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
     def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, num_groups=1,
                  norm="BN", stride_in_1x1=False, dilation=1, se_ratio=0.0, avg_down=False,
                  drop_path=0.0, sampling_ratio=0.5, grid_size=31, grid_padding=30,
-                 kernel_sigma=5.5, separable=True, uniform=False, inverse_iters=4,
-                 inverse_position="after_conv3", memory_efficient=True):
+                 kernel_sigma=5.5, uniform=False, inverse_position="after_conv3",
+                 memory_efficient=True):
         if stride != 1:
             raise ValueError(
                 f"SSBBottleneckBlock samples stride-1 blocks only (got stride={stride}); "
@@ -153,7 +153,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         self.memory_efficient = bool(memory_efficient)
         self.sampler = SaliencySampler(
             bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
-            sigma=kernel_sigma, separable=separable, uniform=uniform, inverse_iters=inverse_iters,
+            sigma=kernel_sigma, uniform=uniform,
         )
 
     def forward(self, x, valid_size=None):
