@@ -130,7 +130,7 @@ def _nonuniform_grid(n=2, size=(23, 30), ratio=0.5, seed=0):
 
 
 def test_fused_tail_over_many_chunks_equals_the_unfused_expression(monkeypatch):
-    import ssb_det.layers.sampling as sampling
+    import ssb_det.layers.resample as sampling
 
     # A few channels per chunk: the chunk loop, not one whole-map call, is what runs.
     monkeypatch.setattr(sampling, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 4)

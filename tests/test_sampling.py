@@ -1,4 +1,4 @@
-"""Exactness tests of the saliency sampler and its inverse (ssb_det.layers.sampling)."""
+"""Exactness tests of the saliency sampler and its inverse (ssb_det.layers)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,7 +170,7 @@ def test_uniform_sampler_has_no_parameters():
 
 
 def test_chunked_inference_sampling_equals_sampling_with_gradients(monkeypatch):
-    import ssb_det.layers.sampling as sampling
+    import ssb_det.layers.resample as sampling
 
     # Three channels per chunk: the chunk loop runs, with a shorter last chunk.
     monkeypatch.setattr(sampling, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 4)
@@ -187,8 +187,8 @@ def test_chunked_inference_sampling_equals_sampling_with_gradients(monkeypatch):
 
 
 def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(monkeypatch):
-    import ssb_det.layers.sampling as sampling
-    from ssb_det.layers.sampling import _interp_taps, separable_resample
+    import ssb_det.layers.resample as sampling
+    from ssb_det.layers.resample import interp_taps as _interp_taps, separable_resample
 
     torch.manual_seed(0)
     x0 = torch.randn(2, 5, 13, 17, dtype=torch.float64)

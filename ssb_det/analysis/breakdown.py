@@ -22,13 +22,6 @@ __all__ = [
 ]
 
 
-def _grid_positions(grid):
-    # Grids compute their positions lazily; a timing of "the grid" must include them.
-    grid.sampling_positions(clamp=True)  # what sample() uses
-    grid.inverse_positions(clamp=True)
-    return grid
-
-
 def block_steps(block: nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], object]]:
     """Zero-argument functions running each step of ``block`` on ``x`` (no grad, as in
     inference), on inputs computed once beforehand. ``"block"`` is the whole forward, as
@@ -62,13 +55,13 @@ def _ssb_steps(block: SSBBottleneckBlock, x: torch.Tensor, steps: dict) -> None:
     steps["conv1"] = lambda: block.reduce(x)
     sampler: SaliencySampler = block.sampler
     in_size = tuple(a.shape[-2:])
-    grid = _grid_positions(sampler(a))
+    grid = sampler(a)
     if sampler.uniform:
-        steps["grid"] = lambda: _grid_positions(sampler(a))
+        steps["grid"] = lambda: sampler(a)
     else:
         saliency = sampler.saliency(a)
         steps["saliency"] = lambda: sampler.saliency(a)
-        steps["grid"] = lambda: _grid_positions(sampler.grid_from_saliency(saliency, in_size))
+        steps["grid"] = lambda: sampler.grid_from_saliency(saliency, in_size)
     s = grid.sample(a)
     b = block.conv3x3(s)
     steps["sample"] = lambda: grid.sample(a)

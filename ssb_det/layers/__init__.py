@@ -1,15 +1,20 @@
-"""Pure-PyTorch layers of SSB-ResNet: the saliency sampler and its inverse, SE, drop path."""
-from .sampling import (
-    SaliencySampler,
-    SeparableGrid,
-    add_relu_,
-    grid_dtype,
+"""Pure-PyTorch layers of SSB-ResNet.
+
+``tensor_ops`` (dtype and in-place helpers) <- ``sampling_maps`` (pure map maths) <-
+``resample`` (CPU resampling kernels) <- ``grid`` (the :class:`Grid` interface) <-
+``sampler`` (the :class:`SaliencySampler` module); ``misc``: SE and drop path.
+"""
+from .grid import Grid, SeparableGrid
+from .misc import DropPath, SqueezeExcitation
+from .sampler import SaliencySampler
+from .sampling_maps import (
     identity_knots,
     interp_knots,
     invert_knots,
     recasens_knots_1d,
     sampled_size,
+    valid_pooling_matrices,
 )
-from .misc import DropPath, SqueezeExcitation
+from .tensor_ops import add_relu_, grid_dtype, needs_grad
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

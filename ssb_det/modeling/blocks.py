@@ -12,7 +12,7 @@ from fvcore.nn import weight_init
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, SaliencySampler, SeparableGrid, SqueezeExcitation, add_relu_
+from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "RSStem", "INVERSE_POSITIONS"]
 
@@ -166,7 +166,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         """
         a = self.reduce(x)
         grid = self.sampler(a, valid_size)
-        if self.memory_efficient and self._needs_grad(a, grid):
+        if self.memory_efficient and (needs_grad(a) or grid.needs_grad):
             return self._forward_recomputing(a, grid, x)
         b = self.conv3x3(grid.sample(a))
         if self.inverse_position == "after_conv3":
@@ -184,13 +184,6 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         """
         return self.expand(b.transpose(2, 3)).transpose(2, 3)
 
-    @staticmethod
-    def _needs_grad(a, grid) -> bool:
-        if not torch.is_grad_enabled():
-            return False
-        knots = [getattr(grid, k) for k in ("knots_y", "knots_x", "knots") if hasattr(grid, k)]
-        return a.requires_grad or any(k.requires_grad for k in knots)
-
     def _conv3_recomputable(self) -> bool:
         # Recomputing a training-mode BatchNorm would update its running statistics twice.
         return not any(isinstance(m, _BatchNorm) and m.training for m in self.conv3.modules())
@@ -201,11 +194,6 @@ class SSBBottleneckBlock(RSBottleneckBlock):
     def _forward_recomputing(self, a, grid, x):
         """The same computation, with the sampling passes (and conv3) recomputed in backward
         (``torch.utils.checkpoint``) instead of storing their intermediates."""
-        # Positions first, outside the recomputed segments: grids cache them, and a segment
-        # must save the same tensors when it is recomputed.
-        if isinstance(grid, SeparableGrid):
-            grid.sampling_positions(clamp=True)
-            grid.inverse_positions(clamp=True)
         b = self.conv3x3(checkpoint(grid.sample, a, use_reentrant=False))
         if self.inverse_position == "after_conv3":
             if self._conv3_recomputable():

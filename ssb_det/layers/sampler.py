@@ -1,0 +1,157 @@
+"""The SSB block's sampler module: predicts a saliency from features and makes the
+:class:`~ssb_det.layers.grid.Grid` that samples them (map maths in
+:mod:`~ssb_det.layers.sampling_maps`)."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .grid import SeparableGrid
+from .sampling_maps import (identity_knots, recasens_knots_1d, sampled_size,
+                            valid_pooling_matrices)
+from .tensor_ops import to_grid_dtype
+
+__all__ = ["SaliencySampler"]
+
+
+class SaliencySampler(nn.Module):
+    """Predicts where to sample a feature map and builds the sampling grid.
+
+    A zero-initialised 1x1 conv gives one saliency logit per pixel; the logits are average
+    pooled to ``grid_size x grid_size`` and soft-maxed over positions; the Recasens kernel
+    formula turns that distribution into a sampling map. At initialisation (and with
+    ``uniform=True`` always) the map is the identity, i.e. plain bilinear resizing.
+
+    Args:
+        in_channels (int): channels of the feature map the saliency is predicted from.
+        ratio (float): sampled size / full size, in ``(0, 1]``.
+        grid_size (int): side ``G`` of the pooled saliency grid (Recasens: 31).
+        padding (int): replicate padding ``P`` of the saliency, in cells (Recasens: 30).
+        sigma (float): Gaussian kernel std in cells (Recasens: FWHM 13 -> about 5.5).
+        uniform (bool): hold the saliency constant (uniform sampling ablation); then no
+            saliency conv is created.
+    """
+
+    def __init__(self, in_channels: int, ratio: float, *, grid_size: int = 31, padding: int = 30,
+                 sigma: float = 5.5, uniform: bool = False):
+        super().__init__()
+        if not (0.0 < ratio <= 1.0):
+            raise ValueError(f"sampling ratio must be in (0, 1], got {ratio}")
+        if grid_size < 1 or padding < 0 or not sigma > 0:
+            raise ValueError(
+                f"invalid sampler grid: grid_size={grid_size} (>= 1), padding={padding} (>= 0), "
+                f"sigma={sigma} (> 0)"
+            )
+        self.ratio = float(ratio)
+        self.grid_size = int(grid_size)
+        self.padding = int(padding)
+        self.sigma = float(sigma)
+        self.uniform = bool(uniform)
+        if not self.uniform:
+            self.saliency_conv = nn.Conv2d(in_channels, 1, kernel_size=1, bias=False)
+            nn.init.zeros_(self.saliency_conv.weight)
+
+    def extra_repr(self):
+        return (f"ratio={self.ratio}, grid_size={self.grid_size}, padding={self.padding}, "
+                f"sigma={self.sigma}, uniform={self.uniform}")
+
+    def out_size(self, h: int, w: int) -> Tuple[int, int]:
+        return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
+
+    def saliency(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(N, G, G)`` saliency distribution in grid precision (sums to 1 per image).
+
+        Args:
+            x (Tensor): ``(N, C, H, W)`` features.
+            valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region;
+                the saliency is pooled over that region only. None: the whole map.
+        """
+        n, g = x.shape[0], self.grid_size
+        if self.uniform:
+            return to_grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
+        # A 1x1 conv without bias commutes with average pooling, so either can come first.
+        # Half-precision features are pooled first and the conv runs on the G x G map in
+        # float32 (half-precision logits overflow for large weights). Float32/64 features are
+        # convolved first: the 1-channel conv reads the map once at memory speed, while
+        # pooling f channels into overlapping adaptive windows is several times slower.
+        weight = self.saliency_conv.weight
+        full_precision = x.dtype in (torch.float32, torch.float64)
+        dtype = x.dtype if full_precision else torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if valid_size is None:
+                if full_precision:
+                    logits = F.adaptive_avg_pool2d(F.conv2d(x, weight.to(x.dtype)), (g, g))
+                else:
+                    pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
+                    logits = F.conv2d(pooled, weight.to(dtype))
+            else:  # the same windows, over each image's region (see valid_pooling_matrices)
+                H, W = x.shape[-2:]
+                rows = valid_pooling_matrices(valid_size[:, 0], H, g, x.dtype)[:, None]
+                cols = valid_pooling_matrices(valid_size[:, 1], W, g, x.dtype)[:, None]
+                if full_precision:
+                    logits = rows @ F.conv2d(x, weight.to(x.dtype)) @ cols.transpose(2, 3)
+                else:
+                    pooled = (rows @ x @ cols.transpose(2, 3)).to(dtype)
+                    logits = F.conv2d(pooled, weight.to(dtype))
+        logits = to_grid_dtype(logits).flatten(1)
+        return torch.softmax(logits, dim=1).view(n, g, g)
+
+    def _valid_sizes(self, valid_size, in_size, device):
+        """Checked ``(N, 2)`` valid sizes of the full map and of the sampled map (grid dtype)."""
+        H, W = in_size
+        v = to_grid_dtype(torch.as_tensor(valid_size, device=device))
+        if v.dim() != 2 or v.shape[1] != 2:
+            raise ValueError(f"valid_size must have shape (N, 2), got {tuple(v.shape)}")
+        v = torch.minimum(v.round().clamp(min=1.0), v.new_tensor([H, W]))
+        out = torch.floor(v * self.ratio + 0.5).clamp(min=1.0)  # sampled_size, per image
+        return v, out
+
+    def forward(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None):
+        """Build the grid for feature map ``x`` (``(N, C, H, W)``).
+
+        Args:
+            x (Tensor): the features the saliency is predicted from.
+            valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region
+                of a padded batch (clamped to ``[1, H] x [1, W]``); each image is then
+                sampled as if it were alone. None: every image fills the map.
+
+        Returns:
+            Grid: call ``.sample`` / ``.inverse`` on it.
+        """
+        H, W = x.shape[-2:]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)
+            if self.uniform:
+                n, g = x.shape[0], self.grid_size
+                ky = kx = to_grid_dtype(identity_knots(n, g, x.device))
+                return self._grid(ky, kx, (H, W), valid)
+            saliency = self.saliency(x, None if valid is None else valid[0])
+            return self._grid_of_saliency(saliency, (H, W), valid)
+
+    def grid_from_saliency(self, saliency: torch.Tensor, in_size: Tuple[int, int],
+                           valid_size: Optional[torch.Tensor] = None):
+        """The sampling grid of a saliency distribution (what :meth:`forward` returns).
+
+        Args:
+            saliency (Tensor): ``(N, G, G)``, as :meth:`saliency` returns.
+            in_size (tuple[int, int]): full size ``(H, W)`` of the feature map.
+            valid_size (Tensor or None): as :meth:`forward`.
+        """
+        valid = None
+        if valid_size is not None:
+            valid = self._valid_sizes(valid_size, in_size, saliency.device)
+        return self._grid_of_saliency(saliency, in_size, valid)
+
+    def _grid_of_saliency(self, saliency, in_size, valid):
+        """:meth:`grid_from_saliency` with sizes checked by :meth:`_valid_sizes` (or None)."""
+        with torch.autocast(device_type=saliency.device.type, enabled=False):
+            ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
+            kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
+            return self._grid(ky, kx, in_size, valid)
+
+    def _grid(self, ky, kx, in_size, valid):
+        """The grid object; ``valid`` is :meth:`_valid_sizes`' pair or None."""
+        H, W = in_size
+        valid = (None, None) if valid is None else valid
+        return SeparableGrid(ky, kx, (H, W), self.out_size(H, W), *valid)

@@ -1,0 +1,34 @@
+"""Small tensor helpers shared by the sampling files: the grid's dtype, "are gradients
+needed", and the residual add + ReLU into the caller's own tensor."""
+import torch
+
+__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "add_relu_"]
+
+
+def grid_dtype(device) -> torch.dtype:
+    """The grid's precision on ``device``: float64 (float32 on MPS, which has no float64).
+
+    The grid tensors are tiny (``N x (G + 1)`` knots, ``N x h`` positions), so float64 costs
+    nothing and keeps an identity grid exact to ~1e-7 px even at 4000 px, whatever the
+    features' dtype (half and bfloat16 included). Image sizes and regions use it too.
+    """
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def to_grid_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in :func:`grid_dtype` of its device."""
+    return t.to(grid_dtype(t.device))
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on ``tensors``: grad mode on and one of them requires
+    a gradient."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``relu(out + other)``, written into ``out`` when the sum keeps its dtype (as
+    Detectron2's blocks do: no second full-size map). ``out`` must be the caller's own
+    tensor, made in this call and seen by no one else."""
+    out = out.add_(other) if out.dtype == torch.result_type(out, other) else out + other
+    return out.relu_()
