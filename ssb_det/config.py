@@ -9,9 +9,12 @@ Only what changes the model, or a trade-off that is the user's (``MEMORY_EFFICIE
 compute for memory, like activation checkpointing), is a key here. How the implementation
 reaches the same values fastest is decided inside it.
 """
-from detectron2.config import CfgNode as CN
+from typing import Optional, Sequence
 
-__all__ = ["add_ssb_config", "HOSTS"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_ssb_config", "load_config", "HOSTS"]
 
 HOSTS = ("resnet", "resnet-rs")
 
@@ -77,4 +80,27 @@ def add_ssb_config(cfg):
     # padding Detectron2 adds after normalisation: an image is then sampled as it would be
     # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
     _C.MODEL.SSB.PADDING_AWARE = True
+    return cfg
+
+
+def load_config(config_file: Optional[str] = None, opts: Sequence[str] = (),
+                cfg: Optional[CN] = None) -> CN:
+    """The config loader of every entry point: defaults, then ``config_file``, then ``opts``.
+
+    YAML is read with ``allow_unsafe=False``: Detectron2 would otherwise fall back to
+    ``yaml.unsafe_load``, with which a config file (or its ``_BASE_``) can run code.
+
+    Args:
+        config_file (str or None): a YAML config; None: defaults only.
+        opts (Sequence[str]): ``KEY VALUE`` overrides, as on Detectron2's command lines.
+        cfg (CfgNode or None): the defaults; None: Detectron2's with ``MODEL.SSB``.
+
+    Returns:
+        CfgNode: mutable (the caller freezes it after its own settings).
+    """
+    if cfg is None:
+        cfg = add_ssb_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    cfg.merge_from_list(list(opts))
     return cfg

@@ -45,6 +45,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "export_main",
+    "export_parser",
     "MIN_OPSET",
     "DEFAULT_OPSET",
     "BackboneExport",
@@ -457,4 +459,53 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
                                           for r in reference]))
             logger.info(f"exported {target} to {path}: max |diff| vs eager "
                         + ", ".join(f"{n} {d:.3g}" for n, d in zip(wrapper.output_names, diffs)))
+    return rows
+
+
+def export_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Export an SSB-ResNet backbone and/or detector to TorchScript and ONNX; "
+                    "print parity vs eager.")
+    parser.add_argument("--config-file", required=True, help="a detector config (YAML)")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--what", nargs="+", default=["backbone", "detector"],
+                        choices=["backbone", "detector"])
+    parser.add_argument("--format", nargs="+", default=["torchscript", "onnx"],
+                        choices=["torchscript", "onnx"])
+    parser.add_argument("--input-size", type=int, nargs=2, default=[320, 448], metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=1, help="batch of the backbone export")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random example image")
+    parser.add_argument("--json", help="also write the parity table to this JSON file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs")
+    return parser
+
+
+def export_main(argv=None) -> List[dict]:
+    """``tools/export_model.py``: export, print the parity table, optionally write it as JSON.
+
+    Args:
+        argv (list[str] or None): command-line arguments (None: ``sys.argv[1:]``).
+    """
+    import json
+
+    from .config import load_config
+
+    args = export_parser().parse_args(argv)
+    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu"] + list(args.opts))
+    cfg.freeze()
+    rows = export_from_config(cfg, args.output, what=args.what, formats=args.format,
+                              input_size=args.input_size, batch=args.batch, opset=args.opset,
+                              seed=args.seed)
+    for row in rows:
+        diffs = ", ".join(f"{n} {d:.3g} (of max |x| {r:.3g})" for n, d, r in
+                          zip(row["outputs"], row["max_abs_diff"], row["max_abs_ref"]))
+        print(f"{row['what']:8s} {row['format']:11s} {row['path']}  input {row['input_shape']}\n"
+              f"    max |exported - eager|: {diffs}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return rows

@@ -1,6 +1,5 @@
 """MAC/parameter/activation counting (ssb_det.analysis): exact sums, agreement with fvcore on
 Detectron2's own backbone, and no op of an SSB block left uncounted."""
-import argparse
 import csv
 
 import pytest
@@ -110,9 +109,8 @@ def test_detector_count_has_no_unsupported_ops(ssb_cfg):
 
 
 def test_analyze_cli_writes_markdown_and_csv(tmp_path):
-    args = argparse.Namespace(config_file=None, baseline=None, size=(H, W), no_detector=True,
-                              output=str(tmp_path / "a"), opts=[])
-    assert analyze_main(args) == 0
+    assert analyze_main(["--size", str(H), str(W), "--no-detector",
+                         "--output", str(tmp_path / "a")]) == 0
     text = (tmp_path / "a.md").read_text()
     assert "SSB-R50-FPN GMACs" in text and "R50-FPN GMACs" in text
     rows = list(csv.DictReader((tmp_path / "a.csv").open()))

@@ -1,6 +1,5 @@
 """Benchmark tool (ssb_det.analysis.benchmark*): interleaving, statistics, peak memory, and
 one tiny end-to-end run of tools/benchmark.py's entry point. No timing is asserted."""
-import argparse
 import csv
 import json
 
@@ -63,18 +62,13 @@ def test_setup_errors_name_the_problem():
             BenchmarkSetup(device="cuda").validate()
 
 
-def _args(tmp_path, **kw):
-    base = dict(config_file=None, baseline=None, size=(64, 96), batch=1, iters=1, warmup=0,
-                threads=0, clock="wall", device="cpu", amp=None, channels_last=False,
-                parts=["bottom-up", "backbone"], modes=["inference", "train"],
-                no_memory=False, no_stages=False, no_breakdown=False, no_macs=False,
-                chart=str(tmp_path / "chart.png"), output=str(tmp_path / "bench"), opts=[])
-    base.update(kw)
-    return argparse.Namespace(**base)
+def _argv(tmp_path, *extra):
+    return ["--size", "64", "96", "--iters", "1", "--warmup", "0",
+            "--chart", str(tmp_path / "chart.png"), "--output", str(tmp_path / "bench"), *extra]
 
 
 def test_benchmark_runs_one_tiny_iteration_and_writes_reports(tmp_path, capsys):
-    assert benchmark_main(_args(tmp_path)) == 0
+    assert benchmark_main(_argv(tmp_path)) == 0
     text = (tmp_path / "bench.md").read_text()
     for row in ("bottom-up GMACs", "backbone inference latency", "bottom-up train peak memory",
                 "Block res2.1, per step", "Sampling (saliency + grid + sample + restore"):
@@ -110,4 +104,4 @@ def test_sampler_share_counts_the_restore_beyond_the_add():
 
 def test_benchmark_refuses_no_baseline(tmp_path):
     with pytest.raises(ValueError, match="two models"):
-        benchmark_main(_args(tmp_path, baseline="none"))
+        benchmark_main(_argv(tmp_path, "--baseline", "none"))

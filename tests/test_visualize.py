@@ -1,6 +1,5 @@
 """Sampling visualisation (ssb_det.analysis.visualize): PNGs that decode at the expected
 size, uniform density for untrained weights, and the trained/untrained statement."""
-import argparse
 import math
 
 import cv2
@@ -84,7 +83,6 @@ def test_state_of_uniform_and_plain_models():
 
 
 def test_cli_names_a_missing_image(tmp_path):
-    args = argparse.Namespace(config_file=None, weights=None, input=str(tmp_path / "nope.jpg"),
-                              output=str(tmp_path), opts=SMALL)
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        visualize_main(args)
+        visualize_main(["--input", str(tmp_path / "nope.jpg"), "--output", str(tmp_path),
+                        *SMALL])

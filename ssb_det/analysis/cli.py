@@ -1,4 +1,5 @@
-"""Entry points of the analysis command-line tools (``tools/*.py`` only parse arguments)."""
+"""Entry points of the analysis command-line tools, parsers included: ``tools/X.py`` only
+calls ``X_main()``, as every tool of the project does."""
 import argparse
 import os
 
@@ -7,6 +8,7 @@ from .models import baseline_twin, load_cfg
 from .report import analyze_cfg, format_csv, format_markdown
 
 __all__ = ["add_model_arguments", "add_opts_argument", "output_paths", "resolve_configs",
+           "analyze_parser", "benchmark_parser", "visualize_parser",
            "analyze_main", "benchmark_main", "visualize_main"]
 
 
@@ -61,8 +63,73 @@ def resolve_configs(config_file, baseline, opts):
     return cfg, base_cfg
 
 
-def analyze_main(args) -> int:
-    """``tools/analyze_model.py``: print the comparison table, optionally write .md/.csv."""
+def analyze_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="MACs (fvcore, sampling ops counted), parameters and activations of a "
+                    "model and its baseline.")
+    add_model_arguments(p)
+    p.add_argument("--no-detector", action="store_true",
+                   help="count only the bottom-up network and the backbone with FPN")
+    p.add_argument("--output", default=None,
+                   help="write <output>.md and <output>.csv (a directory: analysis.md/.csv in it)")
+    add_opts_argument(p)
+    return p
+
+
+def benchmark_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Latency, throughput and peak memory of SSB-ResNet vs its baseline, "
+                    "measured in one run.")
+    add_model_arguments(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5, help="timed runs per model and mode")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads (0: PyTorch's default)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time; cpu: process CPU time (reproducible on a shared "
+                        "machine with --threads 1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", choices=["fp16", "bf16"], default=None, help="autocast dtype")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--parts", nargs="+", default=["bottom-up", "backbone"],
+                   choices=["bottom-up", "backbone", "detector"])
+    p.add_argument("--modes", nargs="+", default=["inference", "train"],
+                   choices=["inference", "train"])
+    p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+    p.add_argument("--no-stages", action="store_true", help="skip per-stage latency")
+    p.add_argument("--no-breakdown", action="store_true", help="skip per-step block timing")
+    p.add_argument("--no-macs", action="store_true", help="skip the fvcore MAC count")
+    p.add_argument("--chart", default=None, help="write a PNG chart here")
+    p.add_argument("--output", default=None,
+                   help="write <output>.md/.csv/.json (a directory: benchmark.* in it)")
+    add_opts_argument(p)
+    return p
+
+
+def visualize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Draw where every SSB block samples an image: one PNG per block and a "
+                    "montage.")
+    add_model_arguments(p, baseline=False, size=False)
+    p.add_argument("--weights", default=None,
+                   help="checkpoint (.pth/.pkl); default: none (untrained: uniform sampling)")
+    p.add_argument("--input", required=True, help="input image")
+    p.add_argument("--output", required=True, help="output directory for the PNGs")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
+    p.add_argument("--palette", action="store_true",
+                   help="256-colour PNGs (a fraction of the size, e.g. for documentation)")
+    add_opts_argument(p)
+    return p
+
+
+def analyze_main(argv=None) -> int:
+    """``tools/analyze_model.py``: print the comparison table, optionally write .md/.csv.
+
+    Args:
+        argv (list[str] or None): command-line arguments (None: ``sys.argv[1:]``).
+    """
+    args = analyze_parser().parse_args(argv)
     cfg, base_cfg = resolve_configs(args.config_file, args.baseline, args.opts)
     height, width = args.size
     include_detector = not args.no_detector
@@ -79,8 +146,13 @@ def analyze_main(args) -> int:
     return 0
 
 
-def benchmark_main(args) -> int:
-    """``tools/benchmark.py``: interleaved SSB-vs-baseline benchmark, tables, chart."""
+def benchmark_main(argv=None) -> int:
+    """``tools/benchmark.py``: interleaved SSB-vs-baseline benchmark, tables, chart.
+
+    Args:
+        argv (list[str] or None): command-line arguments (None: ``sys.argv[1:]``).
+    """
+    args = benchmark_parser().parse_args(argv)
     from .benchmark import BenchmarkSetup
     from .benchmark_report import (
         benchmark_json,
@@ -101,7 +173,7 @@ def benchmark_main(args) -> int:
                            iters=args.iters, warmup=args.warmup, device=args.device,
                            amp=args.amp, channels_last=args.channels_last,
                            modes=tuple(args.modes), memory=not args.no_memory,
-                           clock=getattr(args, "clock", "wall"))
+                           clock=args.clock)
     result = run_benchmark(cfg, base_cfg, setup, parts=args.parts, stages=not args.no_stages,
                            breakdown=not args.no_breakdown, macs=not args.no_macs)
     text = format_benchmark_markdown(result)
@@ -119,13 +191,18 @@ def benchmark_main(args) -> int:
     return 0
 
 
-def visualize_main(args) -> int:
-    """``tools/visualize_sampling.py``: per-block sampling PNGs and a montage."""
+def visualize_main(argv=None) -> int:
+    """``tools/visualize_sampling.py``: per-block sampling PNGs and a montage.
+
+    Args:
+        argv (list[str] or None): command-line arguments (None: ``sys.argv[1:]``).
+    """
+    args = visualize_parser().parse_args(argv)
     from .visualize import STATE_TEXT, visualize_sampling
 
     cfg = load_cfg(args.config_file, args.opts)
     out = visualize_sampling(cfg, args.input, args.output, weights=args.weights,
-                             dpi=getattr(args, "dpi", 100), palette=getattr(args, "palette", False))
+                             dpi=args.dpi, palette=args.palette)
     print(f"{STATE_TEXT[out['state']]}; wrote {len(out['files'])} PNGs to {args.output}:")
     for path in out["files"]:
         print("  " + path)

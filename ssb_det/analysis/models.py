@@ -6,11 +6,10 @@ import os
 from typing import Dict, Optional, Sequence
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
-from ..config import add_ssb_config
+from ..config import load_config
 
 __all__ = [
     "BASE_DETECTOR_CONFIG",
@@ -46,17 +45,13 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()):
             ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"`` works too.
         opts (Sequence[str]): ``KEY VALUE`` overrides, as on Detectron2's command lines.
     """
-    cfg = get_cfg()
-    add_ssb_config(cfg)
     if config_file is None:
-        cfg.merge_from_file(_zoo_file(BASE_DETECTOR_CONFIG))
+        cfg = load_config(_zoo_file(BASE_DETECTOR_CONFIG))
         cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_fpn_backbone"
+        cfg = load_config(None, opts, cfg=cfg)
     else:
-        path = config_file
-        if not os.path.isfile(path):
-            path = _zoo_file(config_file)
-        cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts))
+        path = config_file if os.path.isfile(config_file) else _zoo_file(config_file)
+        cfg = load_config(path, opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.freeze()

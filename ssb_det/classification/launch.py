@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import atomic_write_text, load_checkpoint_file
+from ..config import load_config
 from .config import get_pretrain_cfg
 from .data import build_datasets
 from .ema import ModelEMA
@@ -62,10 +63,7 @@ def setup(args):
     if flags:
         raise SystemExit(f"pretrain_cls: {flags} after the KEY VALUE overrides: put --options "
                          "before the overrides (as with Detectron2's train_net.py)")
-    cfg = get_pretrain_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    cfg = load_config(args.config_file, args.opts or [], cfg=get_pretrain_cfg())
     cfg.freeze()
     return cfg
 

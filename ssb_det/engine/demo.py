@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
@@ -23,7 +23,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from ..data.validation import read_image  # names the file; scales 16-bit images
 from ..checkpoint import SSBCheckpointer, atomic_write_text
-from ..config import add_ssb_config
+from ..config import load_config
 from .train import check_weights_conventions
 
 __all__ = [
@@ -75,10 +75,7 @@ def setup_demo_cfg(config_file: str, opts: Sequence[str], confidence_threshold: 
     """
     if not 0.0 <= confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold {confidence_threshold}: must be in [0, 1]")
-    cfg = get_cfg()
-    add_ssb_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
     cfg.freeze()

@@ -16,7 +16,6 @@ import os
 import weakref
 from collections import OrderedDict
 
-from detectron2.config import get_cfg
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -29,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SSBCheckpointer, atomic_write_text, load_checkpoint_file
 from ..compat import coco_evaluator
-from ..config import add_ssb_config
+from ..config import load_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
 
@@ -174,13 +173,7 @@ def setup(args):
     Returns:
         CfgNode: the frozen config.
     """
-    cfg = get_cfg()
-    add_ssb_config(cfg)
-    if args.config_file:
-        # allow_unsafe=False: Detectron2 would fall back to yaml.unsafe_load, which lets a
-        # config file run code.
-        cfg.merge_from_file(args.config_file, allow_unsafe=False)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # ssb_det's own messages (dataset generation, warnings) in the console and log.txt.
