@@ -210,14 +210,22 @@ def _res(m) -> str:
     return f"res{int(m[1]) + 1}.{m[2]}"
 
 
+def _shortcut_rules(conv: int):
+    """Projection shortcut ``downsample`` = ``Sequential(..., conv, bn)`` with the conv at
+    index ``conv`` (timm's ResNet-D puts an average pool first)."""
+    return [
+        (rf"layer(\d)\.(\d+)\.downsample\.{conv}\.weight", lambda m: f"{_res(m)}.shortcut.weight"),
+        (rf"layer(\d)\.(\d+)\.downsample\.{conv + 1}\.({_NORM_FIELDS})",
+         lambda m: f"{_res(m)}.shortcut.norm.{m[3]}"),
+    ]
+
+
 _RULES = {
     "torchvision": [
         (r"conv1\.weight", lambda m: "stem.conv1.weight"),
         (rf"bn1\.({_NORM_FIELDS})", lambda m: f"stem.conv1.norm.{m[1]}"),
         *_block_rules(),
-        (r"layer(\d)\.(\d+)\.downsample\.0\.weight", lambda m: f"{_res(m)}.shortcut.weight"),
-        (rf"layer(\d)\.(\d+)\.downsample\.1\.({_NORM_FIELDS})",
-         lambda m: f"{_res(m)}.shortcut.norm.{m[3]}"),
+        *_shortcut_rules(conv=0),
     ],
     # timm ResNet(stem_type="deep", replace_stem_pool=True, avg_down=True, SE): the stem is
     # conv1 = Sequential(conv, bn, act, conv, bn, act, conv), bn1, and maxpool =
@@ -232,9 +240,7 @@ _RULES = {
         (r"maxpool\.0\.weight", lambda m: "stem.conv4.weight"),
         (rf"maxpool\.1\.({_NORM_FIELDS})", lambda m: f"stem.conv4.norm.{m[1]}"),
         *_block_rules(),
-        (r"layer(\d)\.(\d+)\.downsample\.1\.weight", lambda m: f"{_res(m)}.shortcut.weight"),
-        (rf"layer(\d)\.(\d+)\.downsample\.2\.({_NORM_FIELDS})",
-         lambda m: f"{_res(m)}.shortcut.norm.{m[3]}"),
+        *_shortcut_rules(conv=1),
     ],
     # Caffe2 blob names, as Detectron2's convert_basic_c2_names reads them.
     "msra": [

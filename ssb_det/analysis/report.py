@@ -79,20 +79,14 @@ def analyze_detector(detector, label: str, height: int, width: int, *,
         seed (int): seed of the random input image.
     """
     analysis = ModelAnalysis(label, height, width)
-    image = random_image(height, width, seed)
-    x = (image - detector.pixel_mean.cpu()) / detector.pixel_std.cpu()
+    image, x, parts = _count_parts(detector, height, width, seed, count_model)
     backbone = detector.backbone
     bottom_up = getattr(backbone, "bottom_up", backbone)
-
-    inputs = stage_feature_inputs(bottom_up, x)
-    for name, args in inputs.items():
-        _add(analysis, name, count_model(getattr(bottom_up, name), args))
+    fpn_counts = parts.pop("fpn", None)
+    for name, counts in parts.items():
+        _add(analysis, name, counts)
     _add(analysis, "bottom-up", count_model(bottom_up, (x,)))
-    if bottom_up is not backbone:
-        with torch.no_grad():
-            features = bottom_up(x)
-        with fpn_head_only(backbone, features) as fpn:
-            fpn_counts = count_model(fpn, (x,))
+    if fpn_counts is not None:
         fpn_counts.params = count_parameters(backbone) - count_parameters(bottom_up)
         _add(analysis, "fpn", fpn_counts)
         _add(analysis, "backbone", count_model(backbone, (x,)))
@@ -101,6 +95,27 @@ def analyze_detector(detector, label: str, height: int, width: int, *,
     if include_detector:
         _add(analysis, "detector", count_model(DetectorOutputs(detector), (image,)))
     return analysis
+
+
+def _count_parts(detector, height: int, width: int, seed: int, count):
+    """``count(module, inputs)`` of each stage of the bottom-up network on the input it gets
+    in the full model and, with an FPN, of the FPN's own layers (key ``"fpn"``).
+
+    Returns:
+        (image, x, counts): the random image, the normalised backbone input, and the counts.
+    """
+    image = random_image(height, width, seed)
+    x = (image - detector.pixel_mean.cpu()) / detector.pixel_std.cpu()
+    backbone = detector.backbone
+    bottom_up = getattr(backbone, "bottom_up", backbone)
+    counts = {name: count(getattr(bottom_up, name), args)
+              for name, args in stage_feature_inputs(bottom_up, x).items()}
+    if bottom_up is not backbone:
+        with torch.no_grad():
+            features = bottom_up(x)
+        with fpn_head_only(backbone, features) as fpn:
+            counts["fpn"] = count(fpn, (x,))
+    return image, x, counts
 
 
 def _macs(model, inputs) -> int:
@@ -112,21 +127,12 @@ def part_macs(detector, height: int, width: int, seed: int = 0) -> Dict[str, int
     """MACs of the stages (``stem``, ``res2``..) and of the FPN's own layers, each traced on
     its own, plus ``bottom-up`` and ``backbone`` as their sums (exactly what whole-model
     traces give, see the tests) - the cheap count the benchmark chart uses."""
-    image = random_image(height, width, seed)
-    x = (image - detector.pixel_mean.cpu()) / detector.pixel_std.cpu()
-    backbone = detector.backbone
-    bottom_up = getattr(backbone, "bottom_up", backbone)
-    inputs = stage_feature_inputs(bottom_up, x)
-    out = {name: _macs(getattr(bottom_up, name), args) for name, args in inputs.items()}
-    out["bottom-up"] = sum(out[n] for n in inputs)
-    if bottom_up is not backbone:
-        with torch.no_grad():
-            features = bottom_up(x)
-        with fpn_head_only(backbone, features) as fpn:
-            out["fpn"] = _macs(fpn, (x,))
-        out["backbone"] = out["bottom-up"] + out["fpn"]
-    else:
-        out["backbone"] = out["bottom-up"]
+    _, _, out = _count_parts(detector, height, width, seed, _macs)
+    fpn = out.pop("fpn", None)
+    out["bottom-up"] = sum(out.values())
+    if fpn is not None:
+        out["fpn"] = fpn
+    out["backbone"] = out["bottom-up"] + (fpn or 0)
     return out
 
 
