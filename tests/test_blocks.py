@@ -172,3 +172,29 @@ def test_projection_block_fused_tail_equals_the_block_with_gradients():
     unfused = block(x.requires_grad_())
     torch.testing.assert_close(fused, unfused.detach(), atol=1e-5, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("memory_efficient", [True, False])
+@pytest.mark.parametrize("inverse_position", ["after_conv3", "before_conv3"])
+def test_gradcheck_of_a_whole_ssb_block_in_float64(memory_efficient, inverse_position):
+    # Finite differences of the whole block (its input, the saliency conv and the convs
+    # around the sampling; a padded batch), on the recomputing (memory-efficient) path and
+    # the plain one. fast_mode: a random projection of the Jacobian, checked in one pass.
+    torch.manual_seed(0)
+    block = SSBBottleneckBlock(6, 6, bottleneck_channels=3, norm="FrozenBN", sampling_ratio=0.5,
+                               grid_size=4, grid_padding=3, kernel_sigma=1.0,
+                               inverse_position=inverse_position,
+                               memory_efficient=memory_efficient).double()
+    torch.nn.init.normal_(block.sampler.saliency_conv.weight, std=1.0)
+    names = ("sampler.saliency_conv.weight", "conv1.weight", "conv3.weight")
+    params = [block.get_parameter(n).detach().clone().requires_grad_() for n in names]
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[7.0, 9.0], [5.0, 6.0]], dtype=torch.float64)
+    recomputed = []
+    block.sampler.register_forward_hook(lambda m, a, grid: recomputed.append(grid.needs_grad))
+
+    def fn(x, *ps):
+        return torch.func.functional_call(block, dict(zip(names, ps)), (x, valid))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
+    assert all(recomputed)  # the grid was differentiated, not treated as a constant
