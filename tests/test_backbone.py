@@ -54,6 +54,11 @@ def r50_pair():
     torch.manual_seed(0)
     ssb = build_backbone(make_cfg())
     base = build_backbone(make_cfg(ENABLED=False))
+    gen = torch.Generator().manual_seed(1)
+    for m in ssb.modules():  # trained-like, peaked saliency (zero convs sample uniformly)
+        if isinstance(m, SSBBottleneckBlock):
+            w = m.sampler.saliency_conv.weight
+            w.data.copy_(torch.randn(w.shape, generator=gen))
     return ssb, base
 
 

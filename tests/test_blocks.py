@@ -1,10 +1,12 @@
 """SSB and ResNet-RS blocks: equivalence with Detectron2's BottleneckBlock, shapes, options."""
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
 from ssb_det.layers import SaliencySampler
 from ssb_det.modeling import RSBottleneckBlock, RSStem, SSBBottleneckBlock
+from test_sampling_reference import ref_lines_of_image, ref_restore, ref_sample
 
 
 def _randomise_bn(module, seed=0):
@@ -121,57 +123,82 @@ def test_rs_stem_output_stride_and_channels():
     assert stem(torch.randn(1, 3, 63, 97)).shape == (1, 64, 16, 25)
 
 
-def _nonuniform_grid(n=2, size=(23, 30), ratio=0.5, seed=0):
-    torch.manual_seed(seed)
-    sampler = SaliencySampler(8, ratio, grid_size=7, padding=6, sigma=2.0)
-    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+def _nonuniform_grid(n=2, size=(23, 30), ratio=0.5, seed=0, valid=None):
+    """A grid of a random saliency in float64, and its reference lines
+    (:mod:`test_sampling_reference`)."""
+    gen = torch.Generator().manual_seed(seed)
+    sampler = SaliencySampler(8, ratio, grid_size=7, padding=6, sigma=2.0).double()
+    sampler.saliency_conv.weight.data.copy_(torch.randn(1, 8, 1, 1, generator=gen))
+    a = torch.randn(n, 8, *size, generator=gen, dtype=torch.float64)
+    valid = [size] * n if valid is None else valid
     with torch.no_grad():
-        return sampler(torch.randn(n, 8, *size))
+        grid = sampler(a, torch.tensor(valid, dtype=torch.float64))
+    weight = sampler.saliency_conv.weight.detach().numpy()[0, :, 0, 0]
+    lines = ref_lines_of_image(a.numpy(), weight, ratio, 7, 6, 2.0, valid)
+    return grid, lines
 
 
-def test_fused_tail_over_many_chunks_equals_the_unfused_expression(monkeypatch):
-    import ssb_det.layers.resample as sampling
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_tail_over_many_chunks_equals_the_reference(monkeypatch, dtype):
+    import ssb_det.layers.resample as resample
 
     # A few channels per chunk: the chunk loop, not one whole-map call, is what runs.
-    monkeypatch.setattr(sampling, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 4)
-    grid = _nonuniform_grid()
-    y = torch.randn(2, 16, 12, 15)
-    shortcut = torch.randn(2, 16, 23, 30)
-    expected = torch.relu(grid.inverse(y) + shortcut)
-    given, y_given = shortcut.clone(), y.clone()
+    monkeypatch.setattr(resample, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 8)
+    grid, lines = _nonuniform_grid(valid=[(23, 30), (17, 26)])
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(2, 16, 12, 15, generator=gen, dtype=torch.float64)
+    shortcut = torch.randn(2, 16, 23, 30, generator=gen, dtype=torch.float64)
+    expected = np.maximum(ref_restore(y.numpy(), lines) + shortcut.numpy(), 0)
+    given, y_given = shortcut.to(dtype), y.to(dtype)
+    before = given.clone(), y_given.clone()
     with torch.no_grad():
         out = grid.inverse_add_relu(y_given, given)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    assert out.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(out.double().numpy(), expected, rtol=0, atol=tol)
     # A new tensor: neither input is written.
-    assert torch.equal(given, shortcut) and torch.equal(y_given, y)
+    assert torch.equal(given, before[0]) and torch.equal(y_given, before[1])
 
 
 def test_fused_tail_of_mixed_dtypes_promotes():
-    grid = _nonuniform_grid()
+    grid, lines = _nonuniform_grid()
     y = torch.randn(2, 4, 12, 15, dtype=torch.float64)
     shortcut = torch.randn(2, 4, 23, 30)
     given = shortcut.clone()
     with torch.no_grad():
         out = grid.inverse_add_relu(y, given)
     assert out.dtype == torch.float64 and torch.equal(given, shortcut)
-    torch.testing.assert_close(out, torch.relu(grid.inverse(y) + shortcut))
+    expected = np.maximum(ref_restore(y.numpy(), lines) + shortcut.double().numpy(), 0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-6)
 
 
-def test_projection_block_fused_tail_equals_the_block_with_gradients():
-    # No gradient: the fused chunked tail; with gradients the unfused path. Same values.
+@pytest.mark.parametrize("inverse_position", ["after_conv3", "before_conv3"])
+@pytest.mark.parametrize("grad", [False, True])  # fused chunked tail / unfused training path
+def test_ssb_block_equals_its_definition_with_reference_sampling(inverse_position, grad):
+    # The block as the docstring defines it, with the reference sampling of
+    # test_sampling_reference and its own convs: a projection block of a padded batch.
     torch.manual_seed(0)
     block = SSBBottleneckBlock(16, 32, bottleneck_channels=8, norm="FrozenBN",
-                               sampling_ratio=0.5, grid_size=5, grid_padding=4,
-                               kernel_sigma=1.5).eval()
+                               sampling_ratio=0.5, grid_size=5, grid_padding=4, kernel_sigma=1.5,
+                               inverse_position=inverse_position).double().eval()
     torch.nn.init.normal_(block.sampler.saliency_conv.weight, std=1.0)
-    x = torch.randn(2, 16, 21, 17)
+    x = torch.randn(2, 16, 21, 17, dtype=torch.float64)
+    valid = [(21, 17), (15, 11)]
     x_before = x.clone()
+    with torch.set_grad_enabled(grad):
+        out = block(x.clone().requires_grad_(grad), torch.tensor(valid, dtype=torch.float64))
+    assert torch.equal(x, x_before)
     with torch.no_grad():
-        fused = block(x)
-    assert torch.equal(x, x_before)  # a projection block never writes into its input
-    unfused = block(x.requires_grad_())
-    torch.testing.assert_close(fused, unfused.detach(), atol=1e-5, rtol=1e-5)
-
+        a = torch.relu(block.conv1(x))
+        weight = block.sampler.saliency_conv.weight.numpy()[0, :, 0, 0]
+        lines = ref_lines_of_image(a.numpy(), weight, 0.5, 5, 4, 1.5, valid)
+        b = torch.relu(block.conv2(torch.from_numpy(ref_sample(a.numpy(), lines))))
+        if inverse_position == "after_conv3":
+            c = torch.from_numpy(ref_restore(block.conv3(b).numpy(), lines))
+        else:
+            c = block.conv3(torch.from_numpy(ref_restore(b.numpy(), lines)))
+        expected = torch.relu(c + block.shortcut(x))
+    np.testing.assert_allclose(out.detach().numpy(), expected.numpy(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False])

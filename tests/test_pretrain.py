@@ -251,7 +251,7 @@ def test_imagefolder_training_runs(tmp_path):
         "SOLVER.AMP.ENABLED": True, "CLS.CHANNELS_LAST": True}))
     assert result["num_samples"] == 3 and result["samples_seen"] == 8
     assert math.isfinite(result["loss"])
-    assert result["top5_k"] == 2 and result["top5"] == 100.0
+    assert result["top5_k"] == 2  # top-k accuracy itself: test_evaluate_counts_top1_and_top5
     assert [m["iteration"] for m in _metrics(tmp_path / "out") if "loss" in m] == [1, 2]
 
 
@@ -362,3 +362,34 @@ def test_two_process_ddp_matches_one_process_in_samples_seen(tmp_path):
     num_val = len(glob.glob(os.path.join(crops, "mini_val", "*", "*.png")))
     assert ddp_val["val/num_samples"] == single_val["val/num_samples"] == num_val > 0
     assert load_pth(str(tmp_path / "ddp" / "model_final.pth"))["samples_seen"] == 12
+
+
+def test_evaluate_counts_top1_and_top5():
+    # 7 classes, fixed logits: each image's label ranks 1st, 3rd, 5th or 6th; top-5 counts
+    # the first three kinds only (top-5 with 2 classes would be 100 % by definition).
+    from ssb_det.classification import get_pretrain_cfg
+    from ssb_det.classification.engine import evaluate
+
+    ranks = [1, 3, 5, 6, 1, 6, 3, 2]  # rank of the label among the 7 scores, per image
+    logits, labels = [], []
+    for i, rank in enumerate(ranks):
+        scores = torch.arange(7, 0, -1, dtype=torch.float32)  # class c ranks c + 1
+        perm = torch.randperm(7, generator=torch.Generator().manual_seed(i))
+        logits.append(scores[perm])  # class j scores 7 - perm[j]: it ranks perm[j] + 1
+        labels.append(int((perm == rank - 1).nonzero()))
+
+    class Fixed(nn.Module):
+        num_classes = 7
+
+        def forward(self, images):
+            return torch.stack([logits[int(i)] for i in images[:, 0, 0, 0]])
+
+    dataset = [(torch.full((3, 2, 2), i, dtype=torch.uint8), labels[i]) for i in range(len(ranks))]
+    cfg = get_pretrain_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.CLS.DATA.EVAL_BATCH_SIZE = 3
+    cfg.DATALOADER.NUM_WORKERS = 0
+    result = evaluate(Fixed(), dataset, cfg)
+    assert result["top5_k"] == 5 and result["num_samples"] == 8
+    assert result["top1"] == pytest.approx(100.0 * 2 / 8)
+    assert result["top5"] == pytest.approx(100.0 * 6 / 8)

@@ -91,11 +91,13 @@ def ref_resample_axis(x, pos, axis):
     return np.moveaxis(out, -1, axis)
 
 
-def ref_sampler(x, weight, ratio, g, padding, sigma, valid):
-    """Sampled map and restored map of each image of ``x`` (N, C, H, W)."""
+def ref_lines_of_image(x, weight, ratio, g, padding, sigma, valid):
+    """Per image of ``x`` (N, C, H, W): the rows and columns its sampled map reads
+    (``ys``, ``xs``) and the rows and columns of the sampled map its restore reads
+    (``iy``, ``ix``)."""
     n, c, H, W = x.shape
     h, w = (max(1, int(math.floor(ratio * s + 0.5))) for s in (H, W))
-    sampled, restored = np.empty((n, c, h, w)), np.empty((n, c, H, W))
+    lines = []
     for i in range(n):
         vy, vx = valid[i]
         vh, vw = (max(1.0, math.floor(v * ratio + 0.5)) for v in (vy, vx))
@@ -104,13 +106,29 @@ def ref_sampler(x, weight, ratio, g, padding, sigma, valid):
         sal = np.exp(pooled - pooled.max())
         sal = (sal / sal.sum()).reshape(g, g)
         ky, kx = ref_knots(sal.sum(1), padding, sigma), ref_knots(sal.sum(0), padding, sigma)
-        ys = ref_lines(lambda t: ref_phi(ky, t), h, H, vh, vy)
-        xs = ref_lines(lambda t: ref_phi(kx, t), w, W, vw, vx)
-        sampled[i] = ref_resample_axis(ref_resample_axis(x[i], ys, 1), xs, 2)
-        iy = ref_lines(lambda t: ref_phi_inverse(ky, t), H, h, vy, vh)
-        ix = ref_lines(lambda t: ref_phi_inverse(kx, t), W, w, vx, vw)
-        restored[i] = ref_resample_axis(ref_resample_axis(sampled[i], iy, 1), ix, 2)
-    return sampled, restored
+        lines.append(dict(
+            ys=ref_lines(lambda t: ref_phi(ky, t), h, H, vh, vy),
+            xs=ref_lines(lambda t: ref_phi(kx, t), w, W, vw, vx),
+            iy=ref_lines(lambda t: ref_phi_inverse(ky, t), H, h, vy, vh),
+            ix=ref_lines(lambda t: ref_phi_inverse(kx, t), W, w, vx, vw)))
+    return lines
+
+
+def ref_sample(x, lines):
+    return np.stack([ref_resample_axis(ref_resample_axis(xi, li["ys"], 1), li["xs"], 2)
+                     for xi, li in zip(x, lines)])
+
+
+def ref_restore(y, lines):
+    return np.stack([ref_resample_axis(ref_resample_axis(yi, li["iy"], 1), li["ix"], 2)
+                     for yi, li in zip(y, lines)])
+
+
+def ref_sampler(x, weight, ratio, g, padding, sigma, valid):
+    """Sampled map and restored map of each image of ``x`` (N, C, H, W)."""
+    lines = ref_lines_of_image(x, weight, ratio, g, padding, sigma, valid)
+    sampled = ref_sample(x, lines)
+    return sampled, ref_restore(sampled, lines)
 
 
 @pytest.mark.parametrize("ratio,size,valid,g,padding,sigma", [

@@ -64,13 +64,19 @@ def _check_segmentation(segm, where: str, problems: List[str]) -> None:
         problems.append(f"{where}: segmentation must be a list of polygons or an RLE dict")
 
 
+def _objects(items, kind: str, problems: List[str]):
+    """``(where, item)`` of each object (dict) of a JSON list; other items are reported."""
+    for k, item in enumerate(items):
+        where = f"{kind}[{k}]"
+        if isinstance(item, dict):
+            yield where, item
+        else:
+            problems.append(f"{where}: must be an object, got {type(item).__name__}")
+
+
 def _check_images(images, problems: List[str]) -> set:
     ids = set()
-    for k, img in enumerate(images):
-        where = f"images[{k}]"
-        if not isinstance(img, dict):
-            problems.append(f"{where}: must be an object, got {type(img).__name__}")
-            continue
+    for where, img in _objects(images, "images", problems):
         if "id" not in img:
             problems.append(f"{where}: no 'id'")
         elif img["id"] in ids:
@@ -93,11 +99,7 @@ def _check_annotations(annotations, images, image_ids, category_ids, problems, s
                    and all(isinstance(img.get(k), numbers.Real) for k in ("height", "width"))}
     annotated = set()
     ids = set()
-    for k, ann in enumerate(annotations):
-        where = f"annotations[{k}]"
-        if not isinstance(ann, dict):
-            problems.append(f"{where}: must be an object, got {type(ann).__name__}")
-            continue
+    for where, ann in _objects(annotations, "annotations", problems):
         where += f" (id {ann.get('id')!r})"
         if "id" in ann:
             if ann["id"] in ids:

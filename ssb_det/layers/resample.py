@@ -13,10 +13,8 @@ __all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "separable_resamp
 
 
 # Full-size bytes per channel chunk of the CPU inference paths of SeparableGrid.sample and
-# SeparableGrid.inverse_add_relu: a chunk's intermediates (~2.5x this) should stay in cache.
-# Measured on the 2-core EPYC VM, one thread, 800x1216 input, restore + add + ReLU of
-# res2 / res3 / res4: 1 MB 9.4 / 5.7 / 3.1 ms, 2 MB 11.3 / 5.3 / 3.3, 8 MB 23.7 / 21.3 / 4.4;
-# sampling of res2: 1 MB 2.2 ms, 8 MB 2.3, unchunked 5.8-11.5.
+# SeparableGrid.inverse_add_relu: a chunk's intermediates (~2.5x this) should stay in cache
+# (chosen by measurement, see docs/benchmarks.md).
 CPU_CHUNK_BYTES = 1 << 20
 
 
@@ -69,11 +67,8 @@ def _swap_last_two(m: torch.Tensor) -> torch.Tensor:
 
 # Largest input side for which training resamples with dense interpolation matrices (two
 # batched matmuls) instead of embedding_bag: its backward is a scatter, slow on CPU, where a
-# matmul's backward is two more matmuls. Measured forward + backward, 2 threads, ms,
-# embedding_bag vs matmul: restore of 8x256x24x18 28.1 vs 17.9, of 8x512x12x9 21.9 vs 5.9,
-# of 2x256x50x76 69.3 vs 50.4; sample of 8x64x48x36 3.7 vs 3.4, of 1x64x64x96 1.4 vs 1.0,
-# of 1x64x100x152 2.5 vs 3.5, of 1x64x200x304 12.9 vs 25.8. Inference keeps embedding_bag
-# (forward alone it is as fast or faster at every size measured).
+# matmul's backward is two more matmuls; past this size the matmuls cost more (measured,
+# see docs/benchmarks.md). Inference keeps embedding_bag (as fast or faster forward alone).
 DENSE_MAX_SIZE = 96
 
 

@@ -96,7 +96,7 @@ class RSBottleneckBlock(CNNBlockBase):
 
     def forward(self, x):
         out = self.expand(self.conv3x3(self.reduce(x)))
-        return add_relu_(out, self.project(x))
+        return F.relu_(out + self.project(x))
 
 
 class SSBBottleneckBlock(RSBottleneckBlock):
@@ -173,7 +173,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
             return grid.inverse_add_relu(self.expand_sampled(b), self.project(x))
-        return add_relu_(self.expand(grid.inverse(b)), self.project(x))
+        return F.relu_(self.expand(grid.inverse(b)) + self.project(x))
 
     def expand_sampled(self, b):
         """:meth:`expand` of the sampled map, returned in the ``(h, w)``-transposed memory
