@@ -280,18 +280,6 @@ def test_memory_efficient_key_reaches_the_blocks():
     assert all(b.memory_efficient for b in blocks)
 
 
-def _narrow_ssb_r50(**kwargs):
-    torch.manual_seed(0)
-    model = ssb_det.ssb_resnet(depth=50, norm="FrozenBN", stem_out_channels=8,
-                               res2_out_channels=32, width_per_group=8, **kwargs).eval()
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():  # trained-like saliency: non-uniform sampling
-        if isinstance(m, SSBBottleneckBlock):
-            w = m.sampler.saliency_conv.weight
-            w.data.copy_(torch.randn(w.shape, generator=gen))
-    return model
-
-
 def test_non_separable_map_is_refused_with_a_clear_error():
     # Issue 12, defect 4: the 2-D map's inverse did not converge; it was removed.
     with pytest.raises(ValueError, match="MODEL.SSB.SEPARABLE=False.*removed"):

@@ -174,21 +174,36 @@ def test_resume_from_a_planted_last_checkpoint_is_refused(tmp_path, marker):
         checkpointer.resume_or_load("", resume=True)
 
 
-def test_no_unsafe_loading_outside_the_checkpoint_module():
-    # One place reads weights; a torch.load / pickle.load elsewhere would bypass it.
-    pattern = re.compile(r"\btorch\.load\(|\bpickle\.loads?\(|\bUnpickler\(|\btorch\.jit\.load\(|"
-                         r"allow_pickle\s*=\s*True|\byaml\.(unsafe_)?load\(")
+def _lines_matching(pattern, except_in):
+    """``path:line: text`` of each line of ssb_det/ and tools/ matching ``pattern`` (comments
+    aside), outside the file ``except_in`` (relative to the repository)."""
     offenders = []
     for top in ("ssb_det", "tools"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
             for name in files:
                 path = os.path.join(dirpath, name)
-                if not name.endswith(".py") or path.endswith(os.path.join("ssb_det", "checkpoint.py")):
+                if not name.endswith(".py") or path == os.path.join(ROOT, except_in):
                     continue
                 for lineno, line in enumerate(open(path, encoding="utf-8"), start=1):
                     if pattern.search(line.split("#")[0]):
                         offenders.append(f"{os.path.relpath(path, ROOT)}:{lineno}: {line.strip()}")
+    return offenders
+
+
+def test_no_unsafe_loading_outside_the_checkpoint_module():
+    # One place reads weights; a torch.load / pickle.load elsewhere would bypass it.
+    pattern = re.compile(r"\btorch\.load\(|\bpickle\.loads?\(|\bUnpickler\(|\btorch\.jit\.load\(|"
+                         r"allow_pickle\s*=\s*True|\byaml\.(unsafe_)?load\(")
+    offenders = _lines_matching(pattern, os.path.join("ssb_det", "checkpoint.py"))
     assert not offenders, "load weights through ssb_det.checkpoint:\n" + "\n".join(offenders)
+
+
+def test_no_config_is_merged_outside_the_loader():
+    # One config loader (ssb_det.config.load_config, allow_unsafe=False): a merge_from_file
+    # elsewhere could read YAML unsafely again (test_config_loading checks every entry point).
+    offenders = _lines_matching(re.compile(r"\.merge_from_file\("),
+                                os.path.join("ssb_det", "config.py"))
+    assert not offenders, "load configs with ssb_det.config.load_config:\n" + "\n".join(offenders)
 
 
 def test_yaml_config_cannot_run_code(tmp_path, marker):
