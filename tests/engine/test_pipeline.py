@@ -17,7 +17,7 @@ from ssb_det.engine import EVAL_RESULTS_FILE, Trainer, main, setup
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = os.path.join(REPO, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
 MASK_CONFIG = os.path.join(REPO, "configs", "COCO-InstanceSegmentation",
                            "mask_rcnn_SSB_R_50_FPN_1x.yaml")

@@ -14,7 +14,7 @@ import torch
 import ssb_det
 from ssb_det.checkpoint import SSBCheckpointer, load_checkpoint_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 CONFIG = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
 

@@ -26,7 +26,7 @@ from ssb_det.classification.data import build_eval_transform
 from ssb_det.classification.launch import main
 from ssb_det.convert import conventions_mismatch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "pretrain")
 SHAPES_CONFIG = os.path.join(CONFIG_DIR, "ssb_r50_shapes.yaml")
 

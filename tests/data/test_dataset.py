@@ -16,7 +16,7 @@ import ssb_det  # noqa: F401  registers the datasets
 from ssb_det.data import shapes
 from ssb_det.data.shapes import CATEGORIES, SPLITS, get_shapes_split, render_image, verify_split
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

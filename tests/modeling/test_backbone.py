@@ -11,7 +11,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock, build_resnet_ba
 import ssb_det
 from ssb_det.modeling import SSBBottleneckBlock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_cfg(**ssb):

@@ -5,8 +5,8 @@ import torch
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
 from ssb_det.layers import SaliencySampler
+from sampling_reference import ref_lines_of_image, ref_restore, ref_sample
 from ssb_det.modeling import RSBottleneckBlock, RSStem, SSBBottleneckBlock
-from test_sampling_reference import ref_lines_of_image, ref_restore, ref_sample
 
 
 def _randomise_bn(module, seed=0):
@@ -125,7 +125,7 @@ def test_rs_stem_output_stride_and_channels():
 
 def _nonuniform_grid(n=2, size=(23, 30), ratio=0.5, seed=0, valid=None):
     """A grid of a random saliency in float64, and its reference lines
-    (:mod:`test_sampling_reference`)."""
+    (tests/sampling_reference.py)."""
     gen = torch.Generator().manual_seed(seed)
     sampler = SaliencySampler(8, ratio, grid_size=7, padding=6, sigma=2.0).double()
     sampler.saliency_conv.weight.data.copy_(torch.randn(1, 8, 1, 1, generator=gen))
@@ -176,7 +176,7 @@ def test_fused_tail_of_mixed_dtypes_promotes():
 @pytest.mark.parametrize("grad", [False, True])  # fused chunked tail / unfused training path
 def test_ssb_block_equals_its_definition_with_reference_sampling(inverse_position, grad):
     # The block as the docstring defines it, with the reference sampling of
-    # test_sampling_reference and its own convs: a projection block of a padded batch.
+    # tests/sampling_reference.py and its own convs: a projection block of a padded batch.
     torch.manual_seed(0)
     block = SSBBottleneckBlock(16, 32, bottleneck_channels=8, norm="FrozenBN",
                                sampling_ratio=0.5, grid_size=5, grid_padding=4, kernel_sigma=1.5,
