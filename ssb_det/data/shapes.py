@@ -78,6 +78,8 @@ class ShapesSplitSpec:
         max_objects (int): most annotated objects per image.
         min_size (float): smallest object diameter in pixels (log-uniform in between).
         max_size (float): largest object diameter in pixels.
+        clutter (int): multiplies the number of unannotated background strokes (lines,
+            arcs, dots); 1 is the quickstart's amount.
     """
 
     seed: int
@@ -88,15 +90,24 @@ class ShapesSplitSpec:
     max_objects: int = 6
     min_size: float = 20.0
     max_size: float = 72.0
+    clutter: int = 1
 
 
 # "train"/"val" are the quickstart's splits; "mini_*" are the tests' (same generator, fewer
-# images) so end-to-end tests stay fast.
+# images) so end-to-end tests stay fast. "small_*" are the accuracy study's: small objects on
+# a larger, more cluttered canvas, so that res4 maps are not degenerate (16 x 20 at stride 16)
+# and where to look matters (objects cover a few percent of the image); "small_quick" is the
+# study's --quick mode (a correctness check, not a measurement).
+_SMALL = dict(width=320, height=256, min_objects=2, max_objects=8, min_size=12.0,
+              max_size=40.0, clutter=3)
 SPLITS: Dict[str, ShapesSplitSpec] = {
     "train": ShapesSplitSpec(seed=20220711, num_images=600),
     "val": ShapesSplitSpec(seed=20220712, num_images=100),
     "mini_train": ShapesSplitSpec(seed=20220713, num_images=16),
     "mini_val": ShapesSplitSpec(seed=20220714, num_images=8),
+    "small_train": ShapesSplitSpec(seed=20221123, num_images=1000, **_SMALL),
+    "small_val": ShapesSplitSpec(seed=20221124, num_images=200, **_SMALL),
+    "small_quick": ShapesSplitSpec(seed=20221125, num_images=8, **_SMALL),
 }
 
 
@@ -197,7 +208,7 @@ def _random_colour(rng) -> np.ndarray:
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
 
 
-def _background(rng, height: int, width: int) -> np.ndarray:
+def _background(rng, height: int, width: int, clutter: int = 1) -> np.ndarray:
     """Linear gradient between two muted colours, with unannotated clutter on top."""
     c0, c1 = (rng.uniform(30, 225, 3).astype(np.float32) for _ in range(2))
     theta = rng.uniform(0, 2 * math.pi)
@@ -205,17 +216,17 @@ def _background(rng, height: int, width: int) -> np.ndarray:
     t = (xx * math.cos(theta) + yy * math.sin(theta))
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    for _ in range(rng.integers(2, 6)):  # thin line segments
+    for _ in range(rng.integers(2 * clutter, 6 * clutter)):  # thin line segments
         p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         cv2.line(img, p0, p1, _random_colour(rng).tolist(), 1, cv2.LINE_AA)
-    for _ in range(rng.integers(0, 3)):  # open arcs (look like parts of circles)
+    for _ in range(rng.integers(0, 3 * clutter)):  # open arcs (look like parts of circles)
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         axes = (int(rng.integers(6, 30)), int(rng.integers(6, 30)))
         start = float(rng.uniform(0, 360))
         cv2.ellipse(img, centre, axes, 0.0, start, start + float(rng.uniform(60, 200)),
                     _random_colour(rng).tolist(), 1, cv2.LINE_AA)
-    for _ in range(rng.integers(3, 11)):  # dots, far smaller than any object
+    for _ in range(rng.integers(3 * clutter, 11 * clutter)):  # dots, far smaller than any object
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         cv2.circle(img, centre, int(rng.integers(1, 3)), _random_colour(rng).tolist(), -1,
                    cv2.LINE_AA)
@@ -237,7 +248,7 @@ def render_image(spec: ShapesSplitSpec, index: int) -> Tuple[np.ndarray, List[di
     """
     rng = np.random.default_rng([spec.seed, index])
     h, w = spec.height, spec.width
-    img = _background(rng, h, w)
+    img = _background(rng, h, w, spec.clutter)
     owner = np.zeros((h, w), np.int32)  # which object (1-based) is on top at each pixel
     shapes = []  # (category, polygon, full mask)
     target = int(rng.integers(spec.min_objects, spec.max_objects + 1))

@@ -32,6 +32,7 @@ from ..compat import coco_evaluator
 from ..config import add_ssb_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
+from .sampling_log import SamplingStatsHook
 
 __all__ = ["Trainer", "setup", "main", "check_weights_conventions", "WeightsConventionError",
            "EVAL_RESULTS_FILE"]
@@ -59,7 +60,9 @@ class Trainer(DefaultTrainer):
             self.checkpointer = SSBCheckpointer(
                 old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
             )
-        return super().build_hooks()
+        # The statistics are put during each step's forward, so the writers (after_step)
+        # see them whatever the hook's place in the list.
+        return super().build_hooks() + [SamplingStatsHook()]
 
     def state_dict(self):
         # Checkpoints hold the optimizer (momentum buffers) so --resume continues the same
