@@ -80,4 +80,8 @@ def add_ssb_config(cfg):
     # full-size map per block. Same values; off while gradients are needed, while tracing
     # and while forward hooks are registered in the stages. *(speed; default by benchmark)*
     _C.MODEL.SSB.INPLACE_TAIL = True
+    # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
+    # start at zero (uniform sampling) and the map moves only once the pooled logits
+    # spread by several units (docs/accuracy.md); a factor > 1 lets them get there sooner.
+    _C.SOLVER.SALIENCY_LR_FACTOR = 1.0
     return cfg
