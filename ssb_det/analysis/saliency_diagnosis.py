@@ -76,7 +76,8 @@ def _rms(t: torch.Tensor) -> float:
 
 def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict]:
     """Per SSB block of a Detectron2 detector, on one training batch (one forward and backward
-    in training mode; the model's parameters are left as they were, gradients are cleared).
+    in training mode; the parameters are left as they were and gradients are cleared, but
+    BatchNorm running statistics take the batch's update: diagnose a copy to keep them).
 
     Returns:
         dict: ``{block: {weight_norm, logit_std, density_ratio, kl, grad_ratio}}`` where
@@ -141,7 +142,8 @@ def _training_batch(cfg, images: int) -> List[dict]:
 
 
 def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) -> str:
-    lines = ["| map | pattern | kernel sigma | logit std | density max/min | KL | zoom at object |",
+    lines = ["| map | pattern | kernel sigma | logit scale (noise: std; object: blob height) | "
+             "density max/min | KL | zoom at object |",
              "|---|---|---|---|---|---|---|"]
     for r in response:
         zoom = f"{r['zoom']:.3g}" if "zoom" in r else "-"
