@@ -38,6 +38,7 @@ __all__ = [
     "CATEGORIES",
     "GENERATOR_VERSION",
     "SPLITS",
+    "TEST_SPLITS",
     "ShapesSplitSpec",
     "default_root",
     "generate_split",
