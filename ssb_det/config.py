@@ -1,8 +1,10 @@
 """Config keys of SSB-ResNet: ``add_ssb_config(cfg)`` adds the ``MODEL.SSB`` node.
 
-Every other backbone setting is read from Detectron2's own ``MODEL.RESNETS`` node (DEPTH,
-NORM, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, STRIDE_IN_1X1, NUM_GROUPS, WIDTH_PER_GROUP,
-RES5_DILATION, OUT_FEATURES) and ``MODEL.BACKBONE.FREEZE_AT``, with the same meaning.
+Every other backbone setting is read from Detectron2's own ``MODEL.RESNETS`` node and
+``MODEL.BACKBONE.FREEZE_AT``, with the same meaning: each key that Detectron2 or its projects
+define (``ssb_det.modeling.backbone.RESNETS_KEYS``, DEPTH ... DEFORM_*, and DeepLab's STEM_TYPE,
+RES4_DILATION, RES5_MULTI_GRID) is honoured or refused with an error naming it; an unknown
+key is refused too.
 Keys marked *(choice)* are this project's reading of the paper; see README "Design".
 """
 from detectron2.config import CfgNode as CN
