@@ -1,8 +1,10 @@
 """Config keys of SSB-ResNet: ``add_ssb_config(cfg)`` adds the ``MODEL.SSB`` node.
 
-Every other backbone setting is read from Detectron2's own ``MODEL.RESNETS`` node (DEPTH,
-NORM, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, STRIDE_IN_1X1, NUM_GROUPS, WIDTH_PER_GROUP,
-RES5_DILATION, OUT_FEATURES) and ``MODEL.BACKBONE.FREEZE_AT``, with the same meaning.
+Every other backbone setting is read from Detectron2's own ``MODEL.RESNETS`` node and
+``MODEL.BACKBONE.FREEZE_AT``, with the same meaning: each key that Detectron2 or its projects
+define (``ssb_det.modeling.backbone.RESNETS_KEYS``, DEPTH ... DEFORM_*, and DeepLab's STEM_TYPE,
+RES4_DILATION, RES5_MULTI_GRID) is honoured or refused with an error naming it; an unknown
+key is refused too.
 Keys marked *(choice)* are this project's reading of the paper; see README "Design".
 
 Only what changes the model, or a trade-off that is the user's (``MEMORY_EFFICIENT`` trades
@@ -80,6 +82,10 @@ def add_ssb_config(cfg):
     # padding Detectron2 adds after normalisation: an image is then sampled as it would be
     # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
     _C.MODEL.SSB.PADDING_AWARE = True
+    # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
+    # start at zero (uniform sampling) and the map moves only once the pooled logits
+    # spread by several units (docs/accuracy.md); a factor > 1 lets them get there sooner.
+    _C.SOLVER.SALIENCY_LR_FACTOR = 1.0
     return cfg
 
 

@@ -16,4 +16,24 @@ from .flops import (
 from .models import baseline_twin, build_detector, cfg_label, load_cfg, random_image
 from .report import ModelAnalysis, analyze_cfg, analyze_detector, comparison_rows, format_csv, format_markdown
 
-__all__ = [k for k in globals().keys() if not k.startswith("_")]
+__all__ = [
+    "ACTIVATION_HANDLES",
+    "MAC_HANDLES",
+    "NOT_COUNTED_OPS",
+    "CountResult",
+    "ModelAnalysis",
+    "activation_analysis",
+    "analyze_cfg",
+    "analyze_detector",
+    "baseline_twin",
+    "build_detector",
+    "cfg_label",
+    "comparison_rows",
+    "count_model",
+    "count_parameters",
+    "format_csv",
+    "format_markdown",
+    "load_cfg",
+    "mac_analysis",
+    "random_image",
+]

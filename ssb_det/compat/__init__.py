@@ -7,6 +7,7 @@ helpers below instead of testing versions itself.
 """
 import importlib
 import logging
+import sys
 from datetime import timedelta
 
 import PIL.Image
@@ -23,15 +24,27 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+# The one Detectron2 module that reads PIL's removed ``Image.LINEAR`` (v0.6, at import time).
+_PIL_LINEAR_READER = "detectron2.data.transforms.transform"
+
+
 def apply_runtime_patches():
     """Idempotent fixes that must run before ``detectron2.data`` is imported.
 
-    - Pillow >= 10 removed ``Image.LINEAR`` (an alias of ``BILINEAR``), which Detectron2 v0.6
-      uses as a default argument in ``detectron2/data/transforms/transform.py``. An official
-      v0.6 install would fail to import with a new Pillow; restoring the alias fixes it.
+    - Pillow >= 10 removed ``Image.LINEAR`` (an alias of ``BILINEAR``). Detectron2 v0.6 reads
+      it once, as a default argument in ``detectron2/data/transforms/transform.py``, when
+      that module is imported, so an official v0.6 install fails to import with a new Pillow
+      (Detectron2 after v0.6, and this project's offline v0.6 install, use ``BILINEAR``).
+      The alias exists only while that module is imported and is removed afterwards: the
+      rest of the process, user code included, sees Pillow exactly as installed.
     """
-    if not hasattr(PIL.Image, "LINEAR"):
-        PIL.Image.LINEAR = PIL.Image.BILINEAR
+    if hasattr(PIL.Image, "LINEAR") or _PIL_LINEAR_READER in sys.modules:
+        return
+    PIL.Image.LINEAR = PIL.Image.BILINEAR
+    try:
+        importlib.import_module(_PIL_LINEAR_READER)
+    finally:
+        del PIL.Image.LINEAR
 
 
 def detectron2_version() -> str:

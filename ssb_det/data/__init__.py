@@ -1,8 +1,9 @@
 """Datasets of ssb_det: the embedded ``ssb_shapes`` dataset and dataset availability checks.
 
-Importing this package (``import ssb_det`` does) registers ``ssb_shapes_train``,
-``ssb_shapes_val`` and the tests' ``ssb_shapes_mini_train`` / ``ssb_shapes_mini_val`` in
-Detectron2's ``DatasetCatalog`` and ``MetadataCatalog``; their files are generated on first use.
+Importing this package (``import ssb_det`` does) registers ``ssb_shapes_train`` and
+``ssb_shapes_val`` in Detectron2's ``DatasetCatalog`` and ``MetadataCatalog``; their files are
+generated on first use (loading the dataset, or reading the metadata's ``json_file``). The
+tests register their own small splits (``ssb_shapes.TEST_SPLITS``, tests/conftest.py).
 """
 from .checks import (
     DatasetItemError,

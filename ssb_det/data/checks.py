@@ -48,10 +48,9 @@ class FileNamingDatasetMapper(DatasetMapper):
 
 def prepare_dataset(dataset_name: str) -> None:
     """Generate an embedded (``ssb_shapes_*``) dataset's files if needed; no-op for others."""
-    split = MetadataCatalog.get(dataset_name).get("ssb_shapes_split")
-    if split is not None:
-        get_shapes_split(split, os.path.dirname(os.path.dirname(
-            MetadataCatalog.get(dataset_name).json_file)))
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("ssb_shapes_split") is not None:
+        get_shapes_split(meta.ssb_shapes_split, meta.ssb_shapes_root)
 
 
 def _missing_paths(dataset_name: str) -> List[str]:

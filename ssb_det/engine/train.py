@@ -31,6 +31,8 @@ from ..compat import coco_evaluator
 from ..config import load_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
+from .optim import saliency_parameters, scale_learning_rate
+from .sampling_log import SamplingStatsHook
 
 __all__ = ["Trainer", "setup", "main", "check_weights_conventions", "WeightsConventionError",
            "EVAL_RESULTS_FILE"]
@@ -58,7 +60,19 @@ class Trainer(DefaultTrainer):
             self.checkpointer = SSBCheckpointer(
                 old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
             )
-        return super().build_hooks()
+        # The statistics are put during each step's forward, so the writers (after_step)
+        # see them whatever the hook's place in the list.
+        return super().build_hooks() + [SamplingStatsHook()]
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's optimizer, the saliency convs' learning rate times
+        ``SOLVER.SALIENCY_LR_FACTOR``."""
+        optimizer = super().build_optimizer(cfg, model)
+        if cfg.SOLVER.SALIENCY_LR_FACTOR != 1.0:
+            scale_learning_rate(optimizer, saliency_parameters(model),
+                                cfg.SOLVER.SALIENCY_LR_FACTOR)
+        return optimizer
 
     def state_dict(self):
         # Checkpoints hold the optimizer (momentum buffers) so --resume continues the same

@@ -1,5 +1,6 @@
 """SSB-ResNet blocks and Detectron2 backbones (registered on import)."""
 from .blocks import RSBottleneckBlock, RSStem, SSBBottleneckBlock
+from .stems import DeepLabStem
 from .backbone import (
     BLOCKS_PER_STAGE,
     SSBResNet,
@@ -11,4 +12,17 @@ from .backbone import (
     ssb_resnet_kwargs_from_cfg,
 )
 
-__all__ = [k for k in globals().keys() if not k.startswith("_")]
+__all__ = [
+    "BLOCKS_PER_STAGE",
+    "DeepLabStem",
+    "RSBottleneckBlock",
+    "RSStem",
+    "SSBBottleneckBlock",
+    "SSBResNet",
+    "build_ssb_resnet_backbone",
+    "build_ssb_resnet_fpn_backbone",
+    "build_ssb_retinanet_resnet_fpn_backbone",
+    "image_sizes_from_padding",
+    "ssb_resnet",
+    "ssb_resnet_kwargs_from_cfg",
+]

@@ -14,11 +14,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
-from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, DeformBottleneckBlock
 
 from ..config import HOSTS
 from ..layers import grid_dtype
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, RSStem, SSBBottleneckBlock
+from .stems import DeepLabStem
 
 __all__ = [
     "BLOCKS_PER_STAGE",
@@ -165,7 +166,12 @@ class SSBResNet(ResNet):
         return outputs
 
 
-def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled):
+STEM_TYPES = ("basic", "deeplab")
+
+
+def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled,
+                stem_type="basic", res4_dilation=1, res5_multi_grid=None,
+                deform_on_per_stage=(False,) * 4, deform_num_groups=1, drop_path_rate=0.0):
     errors = []
     if depth not in BLOCKS_PER_STAGE:
         errors.append(f"MODEL.RESNETS.DEPTH={depth}: SSB-ResNet supports {sorted(BLOCKS_PER_STAGE)}")
@@ -185,8 +191,47 @@ def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilat
             "MODEL.RESNETS.STRIDE_IN_1X1=True with MODEL.SSB.HOST='resnet-rs': ResNet-RS strides "
             "the 3x3 conv; set MODEL.RESNETS.STRIDE_IN_1X1 False"
         )
-    if res5_dilation not in (1, 2):
-        errors.append(f"MODEL.RESNETS.RES5_DILATION={res5_dilation}: must be 1 or 2")
+    # Dilations as Detectron2's ResNet (res5 1 or 2) and DeepLab's (res4 1 or 2; res5 up to 4,
+    # and 4 whenever res4 is dilated).
+    if res4_dilation not in (1, 2):
+        errors.append(f"MODEL.RESNETS.RES4_DILATION={res4_dilation}: must be 1 or 2")
+    if res5_dilation not in (1, 2, 4):
+        errors.append(f"MODEL.RESNETS.RES5_DILATION={res5_dilation}: must be 1, 2 or 4 (4 as "
+                      "DeepLab's output stride 8)")
+    elif res4_dilation == 2 and res5_dilation != 4:
+        errors.append(f"MODEL.RESNETS.RES5_DILATION={res5_dilation} with "
+                      "MODEL.RESNETS.RES4_DILATION=2: a dilated res4 needs RES5_DILATION 4")
+    if res5_multi_grid is not None and depth in BLOCKS_PER_STAGE and (
+            len(res5_multi_grid) != BLOCKS_PER_STAGE[depth][3]
+            or not all(isinstance(g, int) and g >= 1 for g in res5_multi_grid)):
+        errors.append(f"MODEL.RESNETS.RES5_MULTI_GRID={list(res5_multi_grid)}: needs "
+                      f"{BLOCKS_PER_STAGE[depth][3]} positive integers (one per res5 block)")
+    if stem_type not in STEM_TYPES:
+        errors.append(f"MODEL.RESNETS.STEM_TYPE={stem_type!r}: must be one of {STEM_TYPES}")
+    elif host == "resnet-rs" and stem_type != "basic":
+        errors.append(f"MODEL.RESNETS.STEM_TYPE={stem_type!r} with MODEL.SSB.HOST='resnet-rs': "
+                      "the ResNet-RS host has its own deep stem; set STEM_TYPE 'basic'")
+    if len(deform_on_per_stage) != 4:
+        errors.append(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(deform_on_per_stage)}: needs 4 "
+                      "values (res2..res5)")
+    elif any(deform_on_per_stage):
+        deform = f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(deform_on_per_stage)}"
+        if host == "resnet-rs":
+            errors.append(f"{deform} with MODEL.SSB.HOST='resnet-rs': deformable blocks exist "
+                          "only for the 'resnet' host; set DEFORM_ON_PER_STAGE all False")
+        if drop_path_rate > 0:
+            errors.append(f"{deform} with MODEL.SSB.DROP_PATH_RATE={drop_path_rate}: "
+                          "Detectron2's deformable blocks have no stochastic depth")
+        # A stage is either deformable (Detectron2's DeformBottleneckBlock, every block) or
+        # sampled (SSB blocks); dropping either silently would build another model.
+        both = [f"res{i + 2}" for i, (d, r) in enumerate(zip(deform_on_per_stage, ratios))
+                if enabled and d and isinstance(r, (int, float)) and r < 1.0]
+        if both:
+            errors.append(f"{deform} with MODEL.SSB.RATIOS={list(ratios)}: {', '.join(both)} "
+                          "would be both deformable and sampled; set the stage's ratio to 1.0 "
+                          "or its DEFORM_ON_PER_STAGE entry to False")
+    if deform_num_groups < 1:
+        errors.append(f"MODEL.RESNETS.DEFORM_NUM_GROUPS={deform_num_groups}: must be >= 1")
     if errors:
         raise ValueError("Invalid SSB-ResNet configuration:\n  " + "\n  ".join(errors))
 
@@ -206,6 +251,12 @@ def ssb_resnet(
     width_per_group: int = 64,
     stride_in_1x1: bool = True,
     res5_dilation: int = 1,
+    res4_dilation: int = 1,
+    res5_multi_grid: Optional[Sequence[int]] = None,
+    stem_type: str = "basic",
+    deform_on_per_stage: Sequence[bool] = (False, False, False, False),
+    deform_modulated: bool = False,
+    deform_num_groups: int = 1,
     out_features=("res2", "res3", "res4", "res5"),
     freeze_at: int = 0,
     grid_size: int = 31,
@@ -236,7 +287,19 @@ def ssb_resnet(
         num_groups (int): groups of the 3x3 convs.
         width_per_group (int): bottleneck width per group.
         stride_in_1x1 (bool): MSRA convention, stride on the first 1x1 of strided blocks.
-        res5_dilation (int): 1 or 2 (dilated res5 keeps stride 16).
+        res5_dilation (int): 1 or 2 (dilated res5 keeps stride 16); 4 with DeepLab's
+            ``res4_dilation`` 2 (output stride 8).
+        res4_dilation (int): 1 or 2, as DeepLab's ``MODEL.RESNETS.RES4_DILATION``.
+        res5_multi_grid (Sequence[int] or None): DeepLab's ``MODEL.RESNETS.RES5_MULTI_GRID``:
+            res5 block ``i`` has dilation ``res5_dilation * res5_multi_grid[i]``; None: 1s.
+        stem_type (str): ``"basic"`` (Detectron2's ``BasicStem``) or ``"deeplab"``
+            (:class:`~ssb_det.modeling.stems.DeepLabStem`), as DeepLab's
+            ``MODEL.RESNETS.STEM_TYPE``; the ``"resnet-rs"`` host has its own stem.
+        deform_on_per_stage (Sequence[bool]): per stage res2..res5, every block is Detectron2's
+            ``DeformBottleneckBlock`` (as ``build_resnet_backbone``); such a stage must not be
+            sampled (ratio 1.0). Running it needs Detectron2's C++ extension.
+        deform_modulated, deform_num_groups: as ``MODEL.RESNETS.DEFORM_MODULATED`` and
+            ``DEFORM_NUM_GROUPS``.
         out_features (Sequence[str]): features to return, e.g. ``["res2", ..., "res5"]``.
         freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...).
         grid_size, grid_padding, kernel_sigma, uniform, inverse_position: sampler options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
@@ -251,13 +314,18 @@ def ssb_resnet(
         ResNet: a Detectron2 backbone with ``res2..res5`` features.
     """
     ratios = list(ratios)
-    _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled)
+    deform_on_per_stage = list(deform_on_per_stage)
+    _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled,
+                stem_type=stem_type, res4_dilation=res4_dilation, res5_multi_grid=res5_multi_grid,
+                deform_on_per_stage=deform_on_per_stage, deform_num_groups=deform_num_groups,
+                drop_path_rate=drop_path_rate)
     rs = host == "resnet-rs"
     if rs:
         stem = RSStem(in_channels, stem_out_channels, stem_width=stem_width, norm=norm)
         plain_block = RSBottleneckBlock
     else:
-        stem = BasicStem(in_channels, stem_out_channels, norm=norm)
+        stem_class = DeepLabStem if stem_type == "deeplab" else BasicStem
+        stem = stem_class(in_channels, stem_out_channels, norm=norm)
         # Detectron2's own block, unless stochastic depth asks for the block that has it
         # (RSBottleneckBlock without SE/avg-down computes the same, with the same names).
         plain_block = BottleneckBlock if drop_path_rate == 0 else RSBottleneckBlock
@@ -269,11 +337,18 @@ def ssb_resnet(
     bottleneck = num_groups * width_per_group
     stages = []
     for idx, stage_idx in enumerate(range(2, 6)):
-        dilation = res5_dilation if stage_idx == 5 else 1
-        first_stride = 1 if idx == 0 or (stage_idx == 5 and dilation == 2) else 2
+        # A dilated stage keeps its input's stride (Detectron2's res5, DeepLab's res4/res5).
+        dilation = {4: res4_dilation, 5: res5_dilation}.get(stage_idx, 1)
+        first_stride = 1 if idx == 0 or dilation > 1 else 2
         strides = [first_stride] + [1] * (num_blocks[idx] - 1)
+        grid = res5_multi_grid if stage_idx == 5 and res5_multi_grid is not None else None
+        dilations = [dilation * g for g in grid] if grid else [dilation] * num_blocks[idx]
         common = dict(bottleneck_channels=bottleneck, num_groups=num_groups, norm=norm,
-                      stride_in_1x1=stride_in_1x1, dilation=dilation)
+                      stride_in_1x1=stride_in_1x1)
+        stage_block = plain_block
+        if deform_on_per_stage[idx]:  # as build_resnet_backbone: the whole stage
+            stage_block = DeformBottleneckBlock
+            common.update(deform_modulated=deform_modulated, deform_num_groups=deform_num_groups)
         if rs:
             common.update(se_ratio=se_ratio, avg_down=True)
         drop = [drop_path_rate * (block_index + i) / max(total_blocks - 1, 1)
@@ -292,9 +367,9 @@ def ssb_resnet(
             j = i
             while j < len(strides) and (sampled and strides[j] == 1) == use_ssb:
                 j += 1
-            block_class = SSBBottleneckBlock if use_ssb else plain_block
-            kwargs = dict(common, stride_per_block=strides[i:j])
-            if block_class is not BottleneckBlock:
+            block_class = SSBBottleneckBlock if use_ssb else stage_block
+            kwargs = dict(common, stride_per_block=strides[i:j], dilation_per_block=dilations[i:j])
+            if block_class not in (BottleneckBlock, DeformBottleneckBlock):
                 kwargs["drop_path_per_block"] = drop[i:j]
             if use_ssb:
                 kwargs.update(ssb_kwargs)
@@ -311,6 +386,15 @@ def ssb_resnet(
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
 
 
+# Every MODEL.RESNETS key that Detectron2 (config/defaults.py) and its projects
+# (projects/DeepLab's add_deeplab_config) define; the SSB builders honour each of them.
+RESNETS_KEYS = (
+    "DEPTH", "OUT_FEATURES", "NUM_GROUPS", "NORM", "WIDTH_PER_GROUP", "STRIDE_IN_1X1",
+    "RES5_DILATION", "RES2_OUT_CHANNELS", "STEM_OUT_CHANNELS", "DEFORM_ON_PER_STAGE",
+    "DEFORM_MODULATED", "DEFORM_NUM_GROUPS", "STEM_TYPE", "RES4_DILATION", "RES5_MULTI_GRID",
+)
+
+
 def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
     """The :func:`ssb_resnet` arguments a Detectron2 config describes.
 
@@ -325,12 +409,26 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
             "approximate inverse did not converge); only the separable map, with its exact "
             "inverse, is supported: set MODEL.SSB.SEPARABLE True"
         )
+    unknown = sorted(set(r) - set(RESNETS_KEYS))
+    if unknown:
+        raise ValueError(
+            f"MODEL.RESNETS.{', MODEL.RESNETS.'.join(unknown)}: not a key the SSB builders know, "
+            "so it would be ignored; they read every key that Detectron2 and its projects "
+            f"define ({', '.join(RESNETS_KEYS)}). Remove it, or build this backbone with the "
+            "builder that defines it"
+        )
     return dict(
         depth=r.DEPTH, in_channels=in_channels, host=s.HOST, enabled=s.ENABLED,
         ratios=list(s.RATIOS), norm=r.NORM, stem_out_channels=r.STEM_OUT_CHANNELS,
         stem_width=s.STEM_WIDTH, res2_out_channels=r.RES2_OUT_CHANNELS,
         num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
         stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION,
+        deform_on_per_stage=list(r.DEFORM_ON_PER_STAGE), deform_modulated=r.DEFORM_MODULATED,
+        deform_num_groups=r.DEFORM_NUM_GROUPS,
+        # Keys of projects/DeepLab's add_deeplab_config (DeepLab, Panoptic-DeepLab); absent
+        # from a plain Detectron2 config, where their defaults build Detectron2's ResNet.
+        stem_type=r.get("STEM_TYPE", "basic"), res4_dilation=r.get("RES4_DILATION", 1),
+        res5_multi_grid=r.get("RES5_MULTI_GRID", None),
         out_features=list(r.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         grid_size=s.GRID_SIZE, grid_padding=s.GRID_PADDING, kernel_sigma=s.KERNEL_SIGMA,
         uniform=s.UNIFORM,

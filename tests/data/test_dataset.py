@@ -36,21 +36,47 @@ def read_tree(root, split):
 
 
 def test_registered_on_import_without_generating(tmp_path):
-    for split in ("train", "val", "mini_train", "mini_val"):
+    for split in ("train", "val"):
         name = "ssb_shapes_" + split
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)
         assert meta.thing_classes == list(CATEGORIES)
         assert meta.evaluator_type == "coco"
-        assert meta.json_file.endswith(os.path.join(split, "instances.json"))
+        assert meta.image_root.endswith(os.path.join(split, "images"))
     # A fresh process importing ssb_det with an empty cache directory writes nothing there.
     code = ("import os, ssb_det; from detectron2.data import MetadataCatalog; "
-            "print(MetadataCatalog.get('ssb_shapes_train').json_file)")
+            "print(MetadataCatalog.get('ssb_shapes_train').image_root)")
     env = dict(os.environ, SSB_DET_DATASETS=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=REPO, check=True).stdout.strip().splitlines()[-1]
-    assert out == str(tmp_path / "cache" / "ssb_shapes" / "train" / "instances.json")
+    assert out == str(tmp_path / "cache" / "ssb_shapes" / "train" / "images")
     assert not (tmp_path / "cache").exists()
+
+
+def test_evaluator_created_before_first_use_on_a_fresh_machine(tmp_path):
+    # Detectron2's tutorials create the evaluator first; it reads the metadata's json_file,
+    # which must then exist: reading it generates the split.
+    code = ("import ssb_det; from detectron2.data import MetadataCatalog; "
+            "from detectron2.evaluation import COCOEvaluator; "
+            "e = COCOEvaluator('ssb_shapes_val', use_fast_impl=False); "
+            "print(len(e._coco_api.getImgIds()), MetadataCatalog.get('ssb_shapes_val').json_file)")
+    env = dict(os.environ, SSB_DET_DATASETS=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    num_images, json_file = proc.stdout.strip().splitlines()[-1].split()
+    assert int(num_images) == SPLITS["val"].num_images
+    assert json_file == str(tmp_path / "cache" / "ssb_shapes" / "val" / "instances.json")
+    assert verify_split("val", str(tmp_path / "cache" / "ssb_shapes")) is None
+
+
+def test_test_splits_are_registered_by_the_tests_not_by_import():
+    code = ("import ssb_det; from detectron2.data import DatasetCatalog; "
+            "print(sorted(n for n in DatasetCatalog.list() if n.startswith('ssb_shapes_')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.strip().splitlines()[-1]
+    assert out == str(sorted("ssb_shapes_" + s for s in SPLITS if s not in shapes.TEST_SPLITS))
+    assert "ssb_shapes_mini_val" in DatasetCatalog.list()  # tests/conftest.py registered it
 
 
 def test_split_files_are_valid_coco(mini_val_root):

@@ -14,6 +14,7 @@ from detectron2.engine import default_argument_parser
 
 from ssb_det.data import CATEGORIES
 from ssb_det.engine import EVAL_RESULTS_FILE, Trainer, main, setup
+from subprocess_env import env_with_test_datasets
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,8 @@ AP_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl"} | {f"AP-{c}" for c in CATE
 
 
 def run_cli(script, *args, cwd=REPO, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
-               MPLBACKEND="Agg")
+    env = env_with_test_datasets(dict(
+        os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), MPLBACKEND="Agg"))
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:

@@ -13,6 +13,7 @@ import torch
 
 import ssb_det
 from ssb_det.checkpoint import SSBCheckpointer, load_checkpoint_file
+from subprocess_env import env_with_test_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
@@ -29,7 +30,7 @@ TINY = [
     "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
 ]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+ENV = env_with_test_datasets(dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
 
 
 def train_cmd(out_dir, *opts, flags=()):

@@ -285,3 +285,93 @@ def test_non_separable_map_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="MODEL.SSB.SEPARABLE=False.*removed"):
         build_backbone(make_cfg(SEPARABLE=False))
     assert "INVERSE_ITERS" not in make_cfg().MODEL.SSB
+
+
+def _bottom_up_cfg(**ssb):
+    cfg = make_cfg(**ssb)
+    cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_backbone"
+    return cfg
+
+
+@pytest.mark.parametrize("ratios", [[0.5, 0.5, 0.5, 1.0], [0.5, 1.0, 1.0, 1.0]])
+def test_deformable_stages_are_detectron2s_deform_blocks(ratios):
+    # As build_resnet_backbone: every block of a DEFORM_ON_PER_STAGE stage is a
+    # DeformBottleneckBlock (constructing one needs no C++ extension; running it does).
+    from detectron2.modeling.backbone.resnet import DeformBottleneckBlock
+
+    cfg = _bottom_up_cfg(ENABLED=False, RATIOS=ratios)
+    cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, True, True, True]
+    cfg.MODEL.RESNETS.DEFORM_MODULATED = True
+    cfg.MODEL.RESNETS.DEFORM_NUM_GROUPS = 2
+    ours = build_backbone(cfg)
+    theirs = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    theirs.load_state_dict(ours.state_dict())  # strict: identical names and shapes
+    assert [[type(b) for b in s] for s in ours.stages] == [[type(b) for b in s]
+                                                          for s in theirs.stages]
+    # SSB elsewhere: the sampled res2 keeps its SSB blocks beside deformable res3..res5.
+    cfg.MODEL.SSB.ENABLED = True
+    if ratios[1] < 1.0:
+        with pytest.raises(ValueError, match=r"DEFORM_ON_PER_STAGE.*RATIOS.*res3, res4"):
+            build_backbone(cfg)
+        return
+    stages = build_backbone(cfg).stages
+    assert all(type(b) is SSBBottleneckBlock for b in stages[0])
+    assert all(type(b) is DeformBottleneckBlock for s in stages[1:] for b in s)
+
+
+def test_deeplab_stem_dilations_and_multi_grid_are_honoured():
+    # projects/DeepLab's keys (add_deeplab_config), as Panoptic-DeepLab sets them, with the
+    # output stride 8 variant: res4 dilation 2, res5 dilation 4 and multi-grid 1, 2, 4.
+    cfg = _bottom_up_cfg(ENABLED=False)
+    r = cfg.MODEL.RESNETS
+    r.STEM_TYPE, r.STEM_OUT_CHANNELS, r.NORM = "deeplab", 128, "BN"
+    r.RES4_DILATION, r.RES5_DILATION, r.RES5_MULTI_GRID = 2, 4, [1, 2, 4]
+    plain = build_backbone(cfg).eval()
+    assert {k: tuple(v.shape) for k, v in plain.stem.state_dict().items() if "norm" not in k} == {
+        "conv1.weight": (64, 3, 3, 3), "conv2.weight": (64, 64, 3, 3),
+        "conv3.weight": (128, 64, 3, 3)}
+    assert [b.conv2.dilation[0] for b in plain.res4] == [2] * 6
+    assert [b.conv2.dilation[0] for b in plain.res5] == [4, 8, 16]
+    assert {k: v.stride for k, v in plain.output_shape().items()} == {
+        "res2": 4, "res3": 8, "res4": 8, "res5": 8}
+    cfg.MODEL.SSB.ENABLED = True
+    ssb = build_backbone(cfg).eval()
+    # A dilated stage starts at stride 1, so all its blocks are sampled, dilated 3x3s included.
+    assert all(isinstance(b, SSBBottleneckBlock) for b in ssb.res4)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours, theirs = ssb(x), plain(x)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    assert ours["res5"].shape[-2:] == (8, 12)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("STEM_TYPE", "resnet-d", "MODEL.RESNETS.STEM_TYPE='resnet-d'"),
+    ("RES4_DILATION", 2, "RES4_DILATION=2: a dilated res4 needs RES5_DILATION 4"),
+    ("RES5_MULTI_GRID", [1, 2], r"MODEL.RESNETS.RES5_MULTI_GRID=\[1, 2\]: needs 3"),
+    ("DEFORM_ON_PER_STAGE", [True], r"DEFORM_ON_PER_STAGE=\[True\]: needs 4"),
+])
+def test_invalid_resnets_keys_raise_naming_the_key(key, value, match):
+    cfg = _bottom_up_cfg()
+    setattr(cfg.MODEL.RESNETS, key, value)
+    with pytest.raises(ValueError, match=match):
+        build_backbone(cfg)
+
+
+def test_deeplab_stem_and_deformable_blocks_refused_with_the_resnet_rs_host():
+    cfg = _bottom_up_cfg(HOST="resnet-rs", RATIOS=[0.5, 1.0, 1.0, 1.0])
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"
+    cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, True, True]
+    with pytest.raises(ValueError) as err:
+        build_backbone(cfg)
+    assert "STEM_TYPE='deeplab' with MODEL.SSB.HOST='resnet-rs'" in str(err.value)
+    assert "DEFORM_ON_PER_STAGE=[False, False, True, True] with MODEL.SSB.HOST" in str(err.value)
+
+
+def test_unknown_resnets_key_is_refused_naming_it():
+    # A key some other project adds would otherwise be silently ignored.
+    cfg = _bottom_up_cfg()
+    cfg.MODEL.RESNETS.RES3_DILATION = 2
+    with pytest.raises(ValueError, match="MODEL.RESNETS.RES3_DILATION: not a key the SSB"):
+        build_backbone(cfg)

@@ -1,0 +1,325 @@
+"""The accuracy study: variants x seeds trained and COCO-evaluated on one schedule, then a table
+of accuracy against cost (the paper's kind of chart) with seed spreads and paired differences.
+
+Every run is ``tools/train_net.py`` in its own process (``OMP_NUM_THREADS`` threads, ``jobs``
+at a time) on a committed config, with ``SEED`` and ``OUTPUT_DIR`` set by the study. A run
+whose ``inference/eval_results.json`` exists is kept and skipped; an interrupted one resumes
+from its last checkpoint (``--resume``). Costs are measured in the study's own process, side
+by side: GMACs of the bottom-up and of the detector (fvcore, sampling counted) and the CPU
+latency of the bottom-up, interleaved.
+"""
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .benchmark import time_interleaved
+from .models import build_detector, load_cfg, random_image
+from .report import part_macs
+
+__all__ = ["VARIANTS", "PAIRS", "Run", "plan_runs", "run_all", "collect", "paired_difference",
+           "summarize", "format_markdown", "format_csv", "write_plot", "main"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO, "configs", "study")
+# label -> config; each differs from Base-Study-FPN-small.yaml only in its defining keys.
+VARIANTS: Dict[str, str] = {
+    "R50": "faster_rcnn_R_50_FPN_small.yaml",
+    "SSB-R50": "faster_rcnn_SSB_R_50_FPN_small.yaml",
+    "SSB-R50 uniform": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
+    "SSB-R101": "faster_rcnn_SSB_R_101_FPN_small.yaml",
+    "R101": "faster_rcnn_R_101_FPN_small.yaml",
+    "SSB-R50 saliency LR x10": "faster_rcnn_SSB_R_50_salr10_FPN_small.yaml",
+}
+DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
+# The differences the study is about: (a, b) reports a - b, paired by seed.
+PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
+         ("R101", "R50"), ("SSB-R50 saliency LR x10", "SSB-R50"),
+         ("SSB-R50 saliency LR x10", "SSB-R50 uniform"))
+METRICS = ("AP", "AP50", "APs", "APm")
+# --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
+QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",
+              "DATASETS.TEST", "('ssb_shapes_small_quick',)",
+              "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "()",
+              "SOLVER.WARMUP_ITERS", "1"]
+# Student t 0.975 quantiles for 1..9 degrees of freedom (95 % two-sided intervals).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    config: str
+    output_dir: str
+
+    @property
+    def results_file(self) -> str:
+        return os.path.join(self.output_dir, "inference", "eval_results.json")
+
+    @property
+    def done(self) -> bool:
+        return os.path.isfile(self.results_file)
+
+
+def plan_runs(variants: Sequence[str], seeds: Sequence[int], output: str) -> List[Run]:
+    """One :class:`Run` per variant and seed, seeds outermost (a partial study is balanced)."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown study variants {unknown}; known: {list(VARIANTS)}")
+    return [Run(v, s, os.path.join(CONFIG_DIR, VARIANTS[v]),
+                os.path.join(output, "runs", v.replace(" ", "_"), f"seed{s}"))
+            for s in seeds for v in variants]
+
+
+def _command(run: Run, opts: Sequence[str]) -> List[str]:
+    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--resume",
+            "--config-file", run.config, "SEED", str(run.seed), "OUTPUT_DIR", run.output_dir,
+            *opts]
+
+
+def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
+            threads: int = 1, log=print) -> None:
+    """Train and evaluate every run not yet done, ``jobs`` processes at a time.
+
+    Raises:
+        RuntimeError: naming the runs whose process failed (their logs are kept).
+    """
+    todo = [r for r in runs if not r.done]
+    log(f"study: {len(runs) - len(todo)} of {len(runs)} runs done, {len(todo)} to run")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    running, failed, finished = [], [], len(runs) - len(todo)
+    while todo or running:
+        while todo and len(running) < jobs:
+            run = todo.pop(0)
+            os.makedirs(run.output_dir, exist_ok=True)
+            out = open(os.path.join(run.output_dir, "study_stdout.log"), "a")
+            proc = subprocess.Popen(_command(run, opts), stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, cwd=REPO)
+            running.append((run, proc, out, time.time()))
+            log(f"study: started {run.variant} seed {run.seed} -> {run.output_dir}")
+        time.sleep(2)
+        for item in list(running):
+            run, proc, out, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            out.close()
+            minutes = (time.time() - start) / 60
+            if proc.returncode != 0 or not run.done:
+                failed.append(run)
+                log(f"study: FAILED {run.variant} seed {run.seed} (exit {proc.returncode}); "
+                    f"see {run.output_dir}/study_stdout.log")
+                continue
+            finished += 1
+            ap = _read_metrics(run)["AP"]
+            log(f"study: [{finished}/{len(runs)}] {run.variant} seed {run.seed}: "
+                f"box AP {ap:.2f} in {minutes:.1f} min")
+    if failed:
+        raise RuntimeError("study runs failed: " + ", ".join(
+            f"{r.variant} seed {r.seed} ({r.output_dir})" for r in failed))
+
+
+def _read_metrics(run: Run) -> Dict[str, float]:
+    with open(run.results_file) as f:
+        results = json.load(f)
+    bbox = next(iter(results.values()))["bbox"]
+    return {m: float(bbox[m]) for m in METRICS}
+
+
+def _sampling_stats(run: Run) -> Dict[str, float]:
+    """Mean over SSB blocks of the last logged ``ssb/<block>/density_ratio`` and ``kl``."""
+    path = os.path.join(run.output_dir, "metrics.json")
+    last = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                last.update({k: v for k, v in record.items() if k.startswith("ssb/")})
+    out = {}
+    for stat in ("density_ratio", "kl"):
+        values = [v for k, v in last.items() if k.endswith("/" + stat)]
+        if values:
+            out[stat] = statistics.fmean(values)
+    return out
+
+
+def collect(runs: Sequence[Run]) -> List[dict]:
+    """One record per finished run: variant, seed, the COCO box metrics, sampling stats."""
+    return [dict(variant=r.variant, seed=r.seed, **_read_metrics(r), **_sampling_stats(r))
+            for r in runs if r.done]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of ``a[i] - b[i]`` with a 95 % Student-t interval over the pairs (seeds).
+
+    ``within_noise`` is True when the interval contains 0 (or there is only one pair).
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired samples need the same, non-zero length: {len(a)} vs {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return dict(mean=mean, low=None, high=None, n=1, within_noise=True)
+    half = _T975[min(len(d) - 2, len(_T975) - 1)] * statistics.stdev(d) / math.sqrt(len(d))
+    return dict(mean=mean, low=mean - half, high=mean + half, n=len(d),
+                within_noise=mean - half <= 0 <= mean + half)
+
+
+def measure_costs(variants: Sequence[str], size=(256, 320), *, latency_iters: int = 5,
+                  threads: int = 1) -> Dict[str, dict]:
+    """GMACs (bottom-up, detector) and CPU latency (bottom-up, median ms, interleaved) of
+    each variant's randomly initialised model at the study's input size."""
+    torch.set_num_threads(threads)
+    costs, bottom_ups = {}, {}
+    x = random_image(*size)
+    for v in variants:
+        cfg = load_cfg(os.path.join(CONFIG_DIR, VARIANTS[v]))
+        detector = build_detector(cfg)
+        macs = part_macs(detector, *size)
+        costs[v] = dict(bottom_up_gmacs=macs["bottom-up"] / 1e9,
+                        backbone_gmacs=macs["backbone"] / 1e9)
+        normalized = (x - detector.pixel_mean) / detector.pixel_std
+        bottom_ups[v] = (detector.backbone.bottom_up, normalized)
+    with torch.no_grad():
+        times = time_interleaved({v: (lambda m=m, t=t: m(t)) for v, (m, t) in bottom_ups.items()},
+                                 iters=latency_iters, warmup=1, clock="cpu")
+    for v, samples in times.items():
+        costs[v]["latency_ms"] = samples.median * 1e3
+    return costs
+
+
+def summarize(records: Sequence[dict], costs: Dict[str, dict]) -> dict:
+    """Per-variant mean/std/min/max of each metric and the paired differences of PAIRS."""
+    by_variant: Dict[str, List[dict]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    variants = {}
+    for v, rs in by_variant.items():
+        row = dict(seeds=sorted(r["seed"] for r in rs), **costs.get(v, {}))
+        for m in METRICS + ("density_ratio", "kl"):
+            values = [r[m] for r in rs if m in r]
+            if values:
+                row[m] = dict(mean=statistics.fmean(values), min=min(values), max=max(values),
+                              std=statistics.stdev(values) if len(values) > 1 else 0.0)
+        variants[v] = row
+    pairs = []
+    for a, b in PAIRS:
+        if a not in by_variant or b not in by_variant:
+            continue
+        ra = {r["seed"]: r for r in by_variant[a]}
+        rb = {r["seed"]: r for r in by_variant[b]}
+        seeds = sorted(set(ra) & set(rb))
+        if seeds:
+            pairs.append(dict(a=a, b=b, seeds=seeds, **paired_difference(
+                [ra[s]["AP"] for s in seeds], [rb[s]["AP"] for s in seeds])))
+    return dict(variants=variants, pairs=pairs)
+
+
+def _f(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_markdown(summary: dict) -> str:
+    lines = ["| variant | seeds | box AP mean ± std (min-max) | AP50 | APs | bottom-up GMACs | "
+             "backbone+FPN GMACs | bottom-up CPU ms | sampling density max/min | KL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, row in summary["variants"].items():
+        ap = row["AP"]
+        samp = row.get("density_ratio")
+        lines.append(
+            f"| {v} | {len(row['seeds'])} | {ap['mean']:.2f} ± {ap['std']:.2f} "
+            f"({ap['min']:.2f}-{ap['max']:.2f}) | {row['AP50']['mean']:.2f} | "
+            f"{row['APs']['mean']:.2f} | {_f(row.get('bottom_up_gmacs'), 3)} | "
+            f"{_f(row.get('backbone_gmacs'), 3)} | {_f(row.get('latency_ms'), 1)} | "
+            f"{_f(samp and samp['mean'], 3)} | {_f(row.get('kl') and row['kl']['mean'], 4)} |")
+    lines += ["", "| paired difference (box AP, by seed) | seeds | mean | 95 % CI | verdict |",
+              "|---|---|---|---|---|"]
+    for p in summary["pairs"]:
+        verdict = "within noise" if p["within_noise"] else (
+            "a > b" if p["mean"] > 0 else "a < b")
+        lines.append(f"| {p['a']} - {p['b']} | {len(p['seeds'])} | {p['mean']:+.2f} | "
+                     f"[{_f(p['low'])}, {_f(p['high'])}] | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(records: Sequence[dict], costs: Dict[str, dict]) -> str:
+    buf = io.StringIO()
+    fields = ["variant", "seed", *METRICS, "density_ratio", "kl", "bottom_up_gmacs",
+              "backbone_gmacs", "latency_ms"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow(dict(r, **costs.get(r["variant"], {})))
+    return buf.getvalue()
+
+
+def write_plot(summary: dict, path: str) -> str:
+    """Box AP (mean, min-max bars, each seed a dot) against bottom-up GMACs and CPU latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in zip(axes, ("bottom_up_gmacs", "latency_ms"),
+                              ("bottom-up GMACs (study input)", "bottom-up CPU latency, ms")):
+        for v, row in summary["variants"].items():
+            if key not in row:
+                continue
+            ap = row["AP"]
+            ax.errorbar([row[key]], [ap["mean"]],
+                        yerr=[[ap["mean"] - ap["min"]], [ap["max"] - ap["mean"]]],
+                        fmt="o" if v.startswith("SSB") else "s", capsize=4, label=v)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("box AP (mean, min-max over seeds)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(args) -> int:
+    """The study from parsed arguments (see ``benchmarks/accuracy_study.py``)."""
+    seeds = list(range(1, args.seeds + 1))
+    runs = plan_runs(args.variants, seeds, args.output)
+    opts = list(args.opts)
+    if args.quick:
+        opts = QUICK_OPTS + opts
+    if args.iters:
+        opts += ["SOLVER.MAX_ITER", str(args.iters)]
+    if not args.report_only:
+        run_all(runs, opts=opts, jobs=args.jobs, threads=args.threads)
+    records = collect(runs)
+    if not records:
+        raise SystemExit("accuracy_study: no finished runs to report")
+    done = sorted({r["variant"] for r in records}, key=list(VARIANTS).index)
+    costs = measure_costs(done, latency_iters=1 if args.quick else args.latency_iters,
+                          threads=args.threads)
+    summary = summarize(records, costs)
+    summary["settings"] = dict(variants=list(args.variants), seeds=seeds, quick=args.quick,
+                               opts=opts, torch=torch.__version__, threads=args.threads)
+    os.makedirs(args.output, exist_ok=True)
+    stem = os.path.join(args.output, "accuracy_study")
+    table = format_markdown(summary)
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    with open(stem + ".csv", "w") as f:
+        f.write(format_csv(records, costs))
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(summary, runs=records), f, indent=1)
+    write_plot(summary, stem + ".png")
+    print(table)
+    print(f"accuracy_study: wrote {stem}.md/.csv/.json/.png")
+    return 0

@@ -1,0 +1,193 @@
+"""Why does a learned saliency stay near uniform? Two measurements.
+
+1. :func:`logit_scale_response`: how far from uniform the Recasens map moves for saliency
+   logits of a given spread, for a feature map of a given size and a given kernel width
+   (pure maths; no model). It says how large the saliency conv's outputs must grow before
+   sampling changes at all.
+2. :func:`block_diagnosis`: on a (trained or initial) detector and a training batch, per SSB
+   block: the saliency conv's weight norm, the spread of its pooled logits, the resulting
+   sampling statistics, and the gradient the loss sends to the saliency conv relative to the
+   gradient of the block's first conv (per weight, RMS).
+"""
+import json
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..layers import SaliencySampler, recasens_knots_1d
+from ..layers.sampling_stats import separable_statistics
+
+__all__ = ["logit_scale_response", "block_diagnosis", "format_markdown", "main"]
+
+
+def _knots_of_logits(logits: torch.Tensor, grid_size: int, padding: int, sigma: float):
+    """Separable knots of ``(N, 1, H, W)`` per-pixel logits, as the sampler builds them."""
+    pooled = F.adaptive_avg_pool2d(logits.double(), (grid_size, grid_size)).flatten(1)
+    saliency = torch.softmax(pooled, dim=1).view(-1, grid_size, grid_size)
+    return (recasens_knots_1d(saliency.sum(dim=2), padding, sigma),
+            recasens_knots_1d(saliency.sum(dim=1), padding, sigma))
+
+
+def logit_scale_response(stds: Sequence[float], sigmas: Sequence[float], *,
+                         map_size: Tuple[int, int] = (16, 20), grid_size: int = 31,
+                         padding: int = 30, draws: int = 32, seed: int = 0) -> List[dict]:
+    """Sampling statistics of random per-pixel logits of standard deviation ``std``.
+
+    Two logit patterns on a ``map_size`` map: ``"noise"``, i.i.d. Gaussian per pixel; and
+    ``"object"``, a 3x3-pixel blob of height ``std`` at a random place (a small object).
+
+    Returns:
+        list[dict]: one row per (pattern, sigma, std): median ``density_ratio`` and ``kl``
+        over ``draws`` maps, and for "object" the median sampling density at the blob
+        relative to uniform (``zoom``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h, w = map_size
+    rows = []
+    for sigma in sigmas:
+        for std in stds:
+            noise = torch.randn(draws, 1, h, w, generator=gen, dtype=torch.float64) * std
+            blob = torch.zeros(draws, 1, h, w, dtype=torch.float64)
+            ys = torch.randint(1, h - 1, (draws,), generator=gen)
+            xs = torch.randint(1, w - 1, (draws,), generator=gen)
+            for i in range(draws):
+                blob[i, 0, ys[i] - 1:ys[i] + 2, xs[i] - 1:xs[i] + 2] = std
+            for pattern, logits in (("noise", noise), ("object", blob)):
+                ky, kx = _knots_of_logits(logits, grid_size, padding, sigma)
+                kl, ratio = separable_statistics(ky, kx)
+                row = dict(pattern=pattern, sigma=sigma, std=std,
+                           density_ratio=float(ratio.median()), kl=float(kl.median()))
+                if pattern == "object":
+                    # Density at the blob centre: 1 / (G * width of the cell holding it).
+                    cy = ((ys.double() + 0.5) / h * grid_size).long()
+                    cx = ((xs.double() + 0.5) / w * grid_size).long()
+                    wy = ky.diff(dim=1).gather(1, cy[:, None])[:, 0]
+                    wx = kx.diff(dim=1).gather(1, cx[:, None])[:, 0]
+                    row["zoom"] = float((1.0 / (grid_size * wy) / (grid_size * wx)).median())
+                rows.append(row)
+    return rows
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().pow(2).mean().sqrt())
+
+
+def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict]:
+    """Per SSB block of a Detectron2 detector, on one training batch (one forward and backward
+    in training mode; the parameters are left as they were and gradients are cleared, but
+    BatchNorm running statistics take the batch's update: diagnose a copy to keep them).
+
+    Returns:
+        dict: ``{block: {weight_norm, logit_std, density_ratio, kl, grad_ratio}}`` where
+        ``logit_std`` is the spread of the pooled saliency logits over the grid cells (mean
+        over images) and ``grad_ratio`` the per-weight RMS gradient of the saliency conv over
+        that of the block's ``conv1``.
+    """
+    from detectron2.utils.events import EventStorage
+
+    blocks = {name.split("bottom_up.")[-1][: -len(".sampler")]: module
+              for name, module in model.named_modules()
+              if isinstance(module, SaliencySampler) and not module.uniform}
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, grid):
+            x = inputs[0].detach()
+            logits = F.adaptive_avg_pool2d(
+                F.conv2d(x, module.saliency_conv.weight.detach()),
+                (module.grid_size, module.grid_size)).flatten(1)
+            kl, ratio = separable_statistics(grid.knots_y.detach(), grid.knots_x.detach())
+            seen[name] = dict(logit_std=float(logits.std(dim=1).mean()),
+                              density_ratio=float(ratio.mean()), kl=float(kl.mean()))
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in blocks.items()]
+    was_training = model.training
+    try:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        with EventStorage(0):
+            losses = model(batch)
+        sum(losses.values()).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    modules = dict(model.named_modules())
+    out = {}
+    for name, sampler in blocks.items():
+        block = next(m for n, m in modules.items() if n.endswith(name) and hasattr(m, "conv1"))
+        g_sal = sampler.saliency_conv.weight.grad
+        g_c1 = block.conv1.weight.grad
+        out[name] = dict(seen[name], weight_norm=float(sampler.saliency_conv.weight.norm()),
+                         grad_ratio=_rms(g_sal) / max(_rms(g_c1), 1e-30))
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _training_batch(cfg, images: int) -> List[dict]:
+    from detectron2.data import build_detection_train_loader
+
+    from ..data import FileNamingDatasetMapper
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.IMS_PER_BATCH = images
+    cfg.DATALOADER.NUM_WORKERS = 0
+    torch.manual_seed(0)
+    loader = build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
+    return next(iter(loader))
+
+
+def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) -> str:
+    lines = ["| map | pattern | kernel sigma | logit scale (noise: std; object: blob height) | "
+             "density max/min | KL | zoom at object |",
+             "|---|---|---|---|---|---|---|"]
+    for r in response:
+        zoom = f"{r['zoom']:.3g}" if "zoom" in r else "-"
+        lines.append(f"| {r['map']} | {r['pattern']} | {r['sigma']} | {r['std']} | "
+                     f"{r['density_ratio']:.3g} | {r['kl']:.3g} | {zoom} |")
+    for label, per_block in blocks.items():
+        lines += ["", f"{label}:", "",
+                  "| block | saliency weight norm | pooled logit std | density max/min | KL | "
+                  "grad RMS saliency / conv1 |", "|---|---|---|---|---|---|"]
+        for name, d in per_block.items():
+            lines.append(f"| {name} | {d['weight_norm']:.3g} | {d['logit_std']:.3g} | "
+                         f"{d['density_ratio']:.4g} | {d['kl']:.3g} | {d['grad_ratio']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> int:
+    """``benchmarks/saliency_diagnosis.py`` from parsed arguments."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from .models import build_detector, load_cfg
+
+    cfg = load_cfg(args.config_file)
+    stride_sizes = [(cfg.INPUT.MIN_SIZE_TEST // s, cfg.INPUT.MAX_SIZE_TEST // s) for s in (4, 16)]
+    response = []
+    for size in stride_sizes:
+        for row in logit_scale_response([0.3, 1.0, 3.0, 10.0], [cfg.MODEL.SSB.KERNEL_SIGMA, 2.0],
+                                        map_size=size, grid_size=cfg.MODEL.SSB.GRID_SIZE,
+                                        padding=cfg.MODEL.SSB.GRID_PADDING):
+            response.append(dict(row, map=f"{size[0]}x{size[1]}"))
+    batch = _training_batch(cfg, args.images)
+    blocks = {}
+    model = build_detector(cfg)
+    # At initialisation the saliency conv is zero; its gradient is what starts it moving.
+    blocks["initialisation"] = block_diagnosis(model, batch)
+    for path in args.weights:
+        model = build_detector(cfg)
+        DetectionCheckpointer(model).load(path)
+        blocks[path] = block_diagnosis(model, batch)
+    text = format_markdown(response, blocks)
+    print(text)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output + ".md", "w") as f:
+            f.write(text)
+        with open(args.output + ".json", "w") as f:
+            json.dump(dict(response=response, blocks=blocks), f, indent=1)
+    return 0

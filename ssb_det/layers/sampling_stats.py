@@ -1,0 +1,35 @@
+"""How far a separable sampling map is from uniform: two numbers per image.
+
+A separable map sends the ``G`` equal cells of the sampled axis to input intervals of widths
+``w_1..w_G`` (differences of its ``G + 1`` knots, summing to 1); each interval receives
+``1/G`` of the samples, so the local sampling density there is ``1 / (G w_i)`` times the
+uniform one. Two summaries, both exactly 0 / 1 for uniform sampling:
+
+- ``kl``: KL divergence, from uniform, of where the samples fall in the input:
+  ``sum_i (1/G) log((1/G) / w_i)``; rows and columns add.
+- ``density_ratio``: largest over smallest local density, ``max w / min w``; rows and
+  columns multiply (the 2-D density is the product of the two 1-D ones).
+"""
+import math
+from typing import Tuple
+
+import torch
+
+__all__ = ["knot_statistics", "separable_statistics"]
+
+
+def knot_statistics(knots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(kl, density_ratio)``, each ``(N,)``, of the 1-D maps given by ``(N, G + 1)`` knots."""
+    widths = knots.diff(dim=1)
+    widths = widths / widths.sum(dim=1, keepdim=True)
+    g = widths.shape[1]
+    kl = -math.log(g) - torch.log(widths).mean(dim=1)
+    return kl, widths.amax(dim=1) / widths.amin(dim=1)
+
+
+def separable_statistics(knots_y: torch.Tensor, knots_x: torch.Tensor
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(kl, density_ratio)``, each ``(N,)``, of the 2-D map ``(phi_y, phi_x)``."""
+    kl_y, ratio_y = knot_statistics(knots_y)
+    kl_x, ratio_x = knot_statistics(knots_x)
+    return kl_y + kl_x, ratio_y * ratio_x

@@ -1,0 +1,109 @@
+"""The accuracy study: committed variant configs, statistics, and the --quick pipeline."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from detectron2.config import get_cfg
+
+from ssb_det.analysis.accuracy_study import (
+    CONFIG_DIR,
+    VARIANTS,
+    paired_difference,
+    plan_runs,
+    summarize,
+)
+from ssb_det.config import add_ssb_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# What defines each variant against the study's base config, and nothing else.
+DEFINING_KEYS = {
+    "R50": {"MODEL.SSB.ENABLED": False},
+    "SSB-R50": {},
+    "SSB-R50 uniform": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R101": {"MODEL.RESNETS.DEPTH": 101},
+    "R101": {"MODEL.SSB.ENABLED": False, "MODEL.RESNETS.DEPTH": 101},
+    "SSB-R50 saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0},
+}
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _load(name):
+    cfg = add_ssb_config(get_cfg())
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, name), allow_unsafe=False)
+    return _flat(cfg)
+
+
+def test_each_variant_differs_from_the_base_only_in_its_defining_keys():
+    assert set(DEFINING_KEYS) == set(VARIANTS)
+    base = _load("Base-Study-FPN-small.yaml")
+    for variant, config in VARIANTS.items():
+        cfg = _load(config)
+        diff = {k: cfg[k] for k in cfg if cfg[k] != base[k]}
+        assert diff == DEFINING_KEYS[variant], variant
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303 -> 2 -+ 4.303 / sqrt(3)
+    d = paired_difference([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    half = 4.302652729911275 / 3 ** 0.5
+    assert d["mean"] == pytest.approx(2.0)
+    assert d["low"] == pytest.approx(2.0 - half, abs=1e-3)
+    assert d["high"] == pytest.approx(2.0 + half, abs=1e-3)
+    assert d["within_noise"]  # 2 - 2.48 < 0
+    clear = paired_difference([12.0, 12.1, 11.9], [10.0, 10.0, 10.0])
+    assert not clear["within_noise"] and clear["low"] > 0
+    with pytest.raises(ValueError, match="same, non-zero length"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_summary_pairs_runs_by_seed_and_ignores_unpaired_seeds():
+    records = [dict(variant="SSB-R50", seed=s, AP=ap, AP50=0.0, APs=0.0, APm=0.0)
+               for s, ap in ((1, 10.0), (2, 12.0), (3, 14.0))]
+    records += [dict(variant="R50", seed=s, AP=ap, AP50=0.0, APs=0.0, APm=0.0)
+                for s, ap in ((1, 9.0), (2, 11.5))]
+    summary = summarize(records, {})
+    assert summary["variants"]["SSB-R50"]["AP"]["mean"] == pytest.approx(12.0)
+    assert summary["variants"]["SSB-R50"]["AP"]["std"] == pytest.approx(2.0)
+    (pair,) = summary["pairs"]
+    assert (pair["a"], pair["b"], pair["seeds"]) == ("SSB-R50", "R50", [1, 2])
+    assert pair["mean"] == pytest.approx(0.75)
+
+
+def test_unknown_variant_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown study variants.*SSB-R50"):
+        plan_runs(["SSB-R51"], [1], "/tmp/x")
+
+
+@pytest.mark.slow
+def test_quick_study_trains_evaluates_tabulates_and_resumes(tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "accuracy_study.py"), "--quick",
+           "--seeds", "2", "--variants", "SSB-R50", "SSB-R50 uniform", "--output", str(tmp_path)]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "0 of 4 runs done" in first.stdout
+    with open(tmp_path / "accuracy_study.json") as f:
+        result = json.load(f)
+    assert sorted((r["variant"], r["seed"]) for r in result["runs"]) == [
+        ("SSB-R50", 1), ("SSB-R50", 2), ("SSB-R50 uniform", 1), ("SSB-R50 uniform", 2)]
+    assert [(p["a"], p["b"]) for p in result["pairs"]] == [("SSB-R50", "SSB-R50 uniform")]
+    adaptive, uniform = result["variants"]["SSB-R50"], result["variants"]["SSB-R50 uniform"]
+    # The adaptive runs logged their sampling statistics; the uniform ones have none.
+    assert "density_ratio" in adaptive and "density_ratio" not in uniform
+    assert adaptive["bottom_up_gmacs"] > 0 and adaptive["latency_ms"] > 0
+    for ext in ("md", "csv", "png"):
+        assert (tmp_path / f"accuracy_study.{ext}").stat().st_size > 0
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0 and "4 of 4 runs done, 0 to run" in again.stdout

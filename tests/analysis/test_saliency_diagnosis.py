@@ -1,0 +1,50 @@
+"""Saliency diagnosis: the map's response to logit scale, and the per-block measurements."""
+import os
+
+import torch
+
+from ssb_det.analysis.models import build_detector, load_cfg
+from ssb_det.analysis.saliency_diagnosis import block_diagnosis, logit_scale_response
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_zero_logits_sample_uniformly_and_larger_logits_move_the_map_more():
+    rows = logit_scale_response([0.0, 1.0, 4.0], [5.5, 2.0], map_size=(8, 10), grid_size=9,
+                                padding=8, draws=4)
+    for pattern in ("noise", "object"):
+        for sigma in (5.5, 2.0):
+            r = [x for x in rows if x["pattern"] == pattern and x["sigma"] == sigma]
+            assert [x["std"] for x in r] == [0.0, 1.0, 4.0]
+            assert abs(r[0]["density_ratio"] - 1.0) < 1e-9 and abs(r[0]["kl"]) < 1e-12
+            assert r[0]["density_ratio"] < r[1]["density_ratio"] < r[2]["density_ratio"]
+    zooms = [x["zoom"] for x in rows if x["pattern"] == "object" and x["sigma"] == 2.0]
+    assert abs(zooms[0] - 1.0) < 1e-9 and 1.0 < zooms[1] < zooms[2]
+
+
+def test_block_diagnosis_at_initialisation_leaves_the_model_as_it_was():
+    cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_FPN_small.yaml"))
+    model = build_detector(cfg)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    from detectron2.structures import Boxes, Instances
+
+    def item():
+        inst = Instances((64, 96))
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 30.0, 40.0]]))
+        inst.gt_classes = torch.tensor([1])
+        return dict(image=torch.randint(0, 255, (3, 64, 96), generator=gen).float(),
+                    instances=inst, height=64, width=96)
+
+    result = block_diagnosis(model, [item(), item()])
+    assert sorted(result) == sorted(["res2.0", "res2.1", "res2.2", "res3.1", "res3.2", "res3.3",
+                                     "res4.1", "res4.2", "res4.3", "res4.4", "res4.5"])
+    for d in result.values():
+        assert d["weight_norm"] == 0.0 and d["logit_std"] == 0.0  # zero-initialised convs
+        assert abs(d["density_ratio"] - 1.0) < 1e-9
+        assert d["grad_ratio"] > 0  # the loss does reach the saliency convs
+    assert not model.training  # mode restored; weights untouched, gradients cleared
+    for k, v in model.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, state[k]), k
+    assert all(p.grad is None for p in model.parameters())
