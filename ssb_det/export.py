@@ -12,8 +12,8 @@ The TorchScript file is therefore a scripted guard that raises a clear error for
 size (without it, a trace silently computes wrong features), and the ONNX graph has a
 static input shape (onnxruntime rejects other shapes). Export once per deployment size.
 
-ONNX (opset >= 16, for GridSample). PyTorch's exporter lacks, gets wrong, or onnxruntime
-lacks kernels for, five operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
+ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all types). PyTorch's
+exporter lacks, gets wrong, or onnxruntime lacks kernels for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
 *standard* ATen ops while exporting, without touching the sampler's code:
 
 - ``aten::searchsorted`` (inverse of the separable map): not exportable; written as a count
@@ -26,9 +26,8 @@ lacks kernels for, five operations the sampler uses; :func:`onnx_symbolics` adds
   built with it; under tracing the cache is keyed by a traced size and rebuilt in the
   graph): PyTorch exports it as a ScatterND that keeps one of several writes to the same
   index instead of summing them; written with opset 16's ``reduction="add"``.
-- ``aten::_convolution`` and ``aten::grid_sampler`` on float64 (the grid is computed in
-  float64): valid ONNX, but onnxruntime's CPU kernels are float32-only; run in float32
-  between two Casts. This costs the grid its float64 precision (parity ~1e-6 relative).
+- ``aten::_convolution`` on float64: valid ONNX, but onnxruntime's CPU kernel is
+  float32-only; run in float32 between two Casts (parity ~1e-6 relative).
 
 ``python tools/export_model.py --help`` is the command line; docs/reliability.md lists what
 was verified.
@@ -233,16 +232,6 @@ def _symbolic_convolution(g, input, weight, bias, *args):
     return g.op("Cast", out, to_i=11)  # back to float64
 
 
-def _symbolic_grid_sampler(g, input, grid, *args):
-    from torch.onnx import symbolic_opset16
-
-    if not (_is_double(input) or _is_double(grid)):
-        return symbolic_opset16.grid_sampler(g, input, grid, *args)
-    out = symbolic_opset16.grid_sampler(g, g.op("Cast", input, to_i=1), g.op("Cast", grid, to_i=1),
-                                        *args)
-    return g.op("Cast", out, to_i=11) if _is_double(input) else out
-
-
 def _symbolic_index_put(g, self, indices, values, accumulate=False):
     from torch.onnx import symbolic_helper as sh
     from torch.onnx import symbolic_opset11
@@ -264,7 +253,6 @@ _SYMBOLICS = {
     "aten::index_put": _symbolic_index_put,
     "aten::adaptive_avg_pool2d": _symbolic_adaptive_avg_pool2d,
     "aten::_convolution": _symbolic_convolution,
-    "aten::grid_sampler": _symbolic_grid_sampler,
 }
 
 
@@ -352,7 +340,7 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int
         str: ``path``.
     """
     if opset < MIN_OPSET:
-        raise ValueError(f"ONNX export of SSB models needs opset >= {MIN_OPSET} (GridSample); "
+        raise ValueError(f"ONNX export of SSB models needs opset >= {MIN_OPSET}; "
                          f"got {opset}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
