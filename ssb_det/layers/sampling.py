@@ -791,7 +791,10 @@ class SaliencySampler(nn.Module):
                 else:
                     pooled = (rows @ x @ cols.transpose(2, 3)).to(dtype)
                     logits = F.conv2d(pooled, weight.to(dtype))
-        logits = _grid_dtype(logits).flatten(1)
+        # nan_to_num: features of a diverged run (NaN/Inf) must still give a valid grid, so
+        # that the NaN reaches the loss and Detectron2 reports the divergence, instead of
+        # NaN positions crashing the interpolation's indexing.
+        logits = torch.nan_to_num(_grid_dtype(logits).flatten(1))
         return torch.softmax(logits, dim=1).view(n, g, g)
 
     def _valid_sizes(self, valid_size, in_size, device):
