@@ -248,3 +248,45 @@ def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(mo
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert results[1][2].abs().sum() > 0  # the positions do receive gradients
+
+
+def _poisoned(x, image):
+    """``x`` with NaN, +Inf and -Inf written into image ``image`` (features of a diverged run)."""
+    x = x.clone()
+    x[image, :, 1, 2] = float("nan")
+    x[image, 0, 3] = float("inf")
+    x[image, 1, :, 4] = -float("inf")
+    return x
+
+
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_non_finite_features_give_a_valid_grid(separable, padded):
+    # Diverged training makes NaN/Inf features; the grid must stay a valid map (finite,
+    # inside the image) so that NaN flows on to the loss instead of crashing in indexing.
+    torch.manual_seed(0)
+    sampler = SaliencySampler(6, 0.5, grid_size=5, padding=4, sigma=1.5, separable=separable)
+    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 6, 12, 16)
+    valid = torch.tensor([[12.0, 16.0], [9.0, 11.0]]) if padded else None
+    bad = _poisoned(x, image=1)
+    grid = sampler(bad, valid)
+    if separable:
+        for knots in (grid.knots_y, grid.knots_x):
+            assert torch.isfinite(knots).all()
+            assert (knots[:, 1:] > knots[:, :-1]).all()
+            assert (knots[:, 0] == 0).all() and (knots[:, -1] == 1).all()
+        ys, xs = grid.sampling_positions(clamp=True)
+        iy, ix = grid.inverse_positions(clamp=True)
+        for pos, size in ((ys, 12), (xs, 16), (iy, 6), (ix, 8)):
+            assert torch.isfinite(pos).all() and pos.min() >= 0 and pos.max() <= size - 1
+    else:
+        assert torch.isfinite(grid.knots).all()
+        assert torch.isfinite(grid.sampling_positions()).all()
+        assert torch.isfinite(grid.inverse_positions()).all()
+    # The clean image's grid is untouched by its batch-mate, and sampling runs.
+    clean = sampler(x[:1], None if valid is None else valid[:1])
+    torch.testing.assert_close(grid.sample(bad)[:1], clean.sample(x[:1]), rtol=0, atol=0)
+    assert not torch.isfinite(grid.sample(bad)[1]).all()
+    restored = grid.inverse(grid.sample(bad))
+    assert restored.shape == bad.shape and not torch.isfinite(restored[1]).all()
