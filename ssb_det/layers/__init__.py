@@ -11,6 +11,6 @@ from .sampling import (
     recasens_knots_2d,
     sampled_size,
 )
-from .misc import DropPath, SqueezeExcitation
+from .misc import DropPath, SaliencyConv, SqueezeExcitation
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
