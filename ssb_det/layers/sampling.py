@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .misc import SaliencyConv
+
 __all__ = [
     "SaliencySampler",
     "SeparableGrid",
@@ -746,7 +748,7 @@ class SaliencySampler(nn.Module):
         self.uniform = bool(uniform)
         self.inverse_iters = int(inverse_iters)
         if not self.uniform:
-            self.saliency_conv = nn.Conv2d(in_channels, 1, kernel_size=1, bias=False)
+            self.saliency_conv = SaliencyConv(in_channels, 1, kernel_size=1, bias=False)
             nn.init.zeros_(self.saliency_conv.weight)
 
     def extra_repr(self):
@@ -772,25 +774,26 @@ class SaliencySampler(nn.Module):
         # float32 (half-precision logits overflow for large weights). Float32/64 features are
         # convolved first: the 1-channel conv reads the map once at memory speed, while
         # pooling f channels into overlapping adaptive windows is several times slower.
-        weight = self.saliency_conv.weight
+        # The conv is called as a module (hooks, fvcore); it computes in its input's dtype.
+        conv = self.saliency_conv
         full_precision = x.dtype in (torch.float32, torch.float64)
         dtype = x.dtype if full_precision else torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if valid_size is None:
                 if full_precision:
-                    logits = F.adaptive_avg_pool2d(F.conv2d(x, weight.to(x.dtype)), (g, g))
+                    logits = F.adaptive_avg_pool2d(conv(x), (g, g))
                 else:
                     pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
-                    logits = F.conv2d(pooled, weight.to(dtype))
+                    logits = conv(pooled)
             else:  # the same windows, over each image's region (see valid_pooling_matrices)
                 H, W = x.shape[-2:]
                 rows = valid_pooling_matrices(valid_size[:, 0], H, g, x.dtype)[:, None]
                 cols = valid_pooling_matrices(valid_size[:, 1], W, g, x.dtype)[:, None]
                 if full_precision:
-                    logits = rows @ F.conv2d(x, weight.to(x.dtype)) @ cols.transpose(2, 3)
+                    logits = rows @ conv(x) @ cols.transpose(2, 3)
                 else:
                     pooled = (rows @ x @ cols.transpose(2, 3)).to(dtype)
-                    logits = F.conv2d(pooled, weight.to(dtype))
+                    logits = conv(pooled)
         # nan_to_num: features of a diverged run (NaN/Inf) must still give a valid grid, so
         # that the NaN reaches the loss and Detectron2 reports the divergence, instead of
         # NaN positions crashing the interpolation's indexing.
