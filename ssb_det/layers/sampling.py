@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .export_guards import guard_traced_size, refuse_scripting
 from .misc import SaliencyConv
 
 __all__ = [
@@ -751,6 +752,11 @@ class SaliencySampler(nn.Module):
             self.saliency_conv = SaliencyConv(in_channels, 1, kernel_size=1, bias=False)
             nn.init.zeros_(self.saliency_conv.weight)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling: fail at once
+        # with the supported export routes (see export_guards).
+        refuse_scripting(self)
+
     def extra_repr(self):
         return (f"ratio={self.ratio}, grid_size={self.grid_size}, padding={self.padding}, "
                 f"sigma={self.sigma}, separable={self.separable}, uniform={self.uniform}")
@@ -822,6 +828,7 @@ class SaliencySampler(nn.Module):
         Returns:
             SeparableGrid or NonSeparableGrid: call ``.sample`` / ``.inverse`` on it.
         """
+        x = guard_traced_size(x)  # a trace refuses another size (see export_guards)
         H, W = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
             valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)
