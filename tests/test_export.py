@@ -291,7 +291,7 @@ def test_torch_jit_script_fails_at_once_naming_the_supported_routes(uniform):
     model = ssb_resnet(depth=50, norm="BN", stem_out_channels=8, res2_out_channels=16,
                        width_per_group=4, uniform=uniform)
     with pytest.raises(RuntimeError, match=r"cannot be compiled with torch\.jit\.script.*"
-                                           r"Supported routes: torch\.export\.export.*"
+                                           r"Supported routes: torch\.jit\.trace or ONNX.*"
                                            r"tools/export_model\.py"):
         torch.jit.script(model)
 

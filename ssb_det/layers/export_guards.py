@@ -19,9 +19,9 @@ import torch
 __all__ = ["SUPPORTED_EXPORT_ROUTES", "refuse_scripting", "guard_traced_size"]
 
 SUPPORTED_EXPORT_ROUTES = (
-    "torch.export.export (dynamic height/width not supported: export at the deployment size), "
-    "or torch.jit.trace / ONNX at a fixed input size through ssb_det.export "
-    "(python tools/export_model.py); see docs/reliability.md, 'Export'"
+    "torch.jit.trace or ONNX at a fixed input size through ssb_det.export "
+    "(python tools/export_model.py); torch.export is not supported yet (see "
+    "docs/reliability.md, 'Export')"
 )
 
 
