@@ -284,3 +284,35 @@ def test_export_model_cli(tmp_path):
         assert row["outputs"] == ["p2", "p3", "p4", "p5", "p6"]
         for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
             assert diff <= 1e-5 * max(ref, 1.0)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_torch_jit_script_fails_at_once_naming_the_supported_routes(uniform):
+    model = ssb_resnet(depth=50, norm="BN", stem_out_channels=8, res2_out_channels=16,
+                       width_per_group=4, uniform=uniform)
+    with pytest.raises(RuntimeError, match=r"cannot be compiled with torch\.jit\.script.*"
+                                           r"Supported routes: torch\.jit\.trace or ONNX.*"
+                                           r"tools/export_model\.py"):
+        torch.jit.script(model)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_plain_trace_refuses_another_size_instead_of_wrong_features(uniform):
+    # Detectron2-style flow: torch.jit.trace of the backbone itself (no ssb_det.export).
+    if uniform:  # the sampler uses x only for its size: the check must still be recorded
+        torch.manual_seed(0)
+        backbone = ssb_resnet(depth=50, norm="BN", stem_out_channels=8, res2_out_channels=16,
+                              width_per_group=4, uniform=True)
+    else:
+        backbone = narrow_backbone()
+    wrapper = BackboneExport(backbone).eval()
+    example = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+        other = torch.randn(1, 3, 64, 96)
+        assert_close_relative(wrapper(other), traced(other), rtol=1e-5)
+        for size in ((128, 160), (64, 64)):
+            # torch.jit.Error (the TorchScript interpreter's) carries the message.
+            with pytest.raises(Exception, match=r"got a feature map of \d+x\d+, but was "
+                                                   r"traced at \d+x\d+"):
+                traced(torch.randn(1, 3, *size))

@@ -169,8 +169,10 @@ ACTIVATION_HANDLES = {
 
 
 # Scripted functions a traced model calls (``prim::CallFunction``) hide their ops from the
-# tracer. These are known to cost no MACs (torchvision's batched NMS, used by the detector).
-NOT_COUNTED_FUNCTIONS = ("_batched_nms_coordinate_trick", "_batched_nms_vanilla", "batched_nms")
+# tracer. These are known to cost no MACs (torchvision's batched NMS, used by the detector;
+# the SSB sampler's traced-size check, ssb_det/layers/export_guards.py).
+NOT_COUNTED_FUNCTIONS = ("_batched_nms_coordinate_trick", "_batched_nms_vanilla", "batched_nms",
+                         "ssb_check_traced_size")
 
 
 def _call_function_handle(unknown: Counter):

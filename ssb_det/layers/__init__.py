@@ -5,7 +5,7 @@
 ``sampler`` (the :class:`SaliencySampler` module); ``misc``: SE and drop path.
 """
 from .grid import Grid, SeparableGrid
-from .misc import DropPath, SqueezeExcitation
+from .misc import DropPath, SaliencyConv, SqueezeExcitation
 from .sampler import SaliencySampler
 from .sampling_maps import (
     identity_knots,

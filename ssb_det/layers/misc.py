@@ -1,4 +1,4 @@
-"""Small building blocks used by the ResNet-RS host."""
+"""Small building blocks: SE and drop path of the ResNet-RS host, the SSB saliency conv."""
 import torch
 from torch import nn
 
@@ -47,3 +47,19 @@ class DropPath(nn.Module):
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob}"
+
+
+class SaliencyConv(nn.Conv2d):
+    """The saliency conv of a ``SaliencySampler``: an ``nn.Conv2d`` that computes in its
+    input's dtype.
+
+    The sampler picks the precision of the logits (float32 for half-precision features, see
+    ``SaliencySampler.saliency``) and casts the input; the weight follows, whatever the
+    module's own dtype. Being called as a module, it is seen by forward hooks and by
+    fvcore's per-module counts; the parameter is ``weight`` as in ``nn.Conv2d``, so
+    checkpoints are unchanged.
+    """
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, self.weight.to(x.dtype), bias)

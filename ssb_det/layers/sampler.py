@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .export_guards import guard_traced_size, refuse_scripting
 from .grid import SeparableGrid
+from .misc import SaliencyConv
 from .sampling_maps import (identity_knots, recasens_knots_1d, sampled_size,
                             valid_pooling_matrices)
 from .tensor_ops import to_grid_dtype
@@ -49,8 +51,13 @@ class SaliencySampler(nn.Module):
         self.sigma = float(sigma)
         self.uniform = bool(uniform)
         if not self.uniform:
-            self.saliency_conv = nn.Conv2d(in_channels, 1, kernel_size=1, bias=False)
+            self.saliency_conv = SaliencyConv(in_channels, 1, kernel_size=1, bias=False)
             nn.init.zeros_(self.saliency_conv.weight)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling: fail at once
+        # with the supported export routes (see export_guards).
+        refuse_scripting(self)
 
     def extra_repr(self):
         return (f"ratio={self.ratio}, grid_size={self.grid_size}, padding={self.padding}, "
@@ -75,26 +82,30 @@ class SaliencySampler(nn.Module):
         # float32 (half-precision logits overflow for large weights). Float32/64 features are
         # convolved first: the 1-channel conv reads the map once at memory speed, while
         # pooling f channels into overlapping adaptive windows is several times slower.
-        weight = self.saliency_conv.weight
+        # The conv is called as a module (hooks, fvcore); it computes in its input's dtype.
+        conv = self.saliency_conv
         full_precision = x.dtype in (torch.float32, torch.float64)
         dtype = x.dtype if full_precision else torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if valid_size is None:
                 if full_precision:
-                    logits = F.adaptive_avg_pool2d(F.conv2d(x, weight.to(x.dtype)), (g, g))
+                    logits = F.adaptive_avg_pool2d(conv(x), (g, g))
                 else:
                     pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
-                    logits = F.conv2d(pooled, weight.to(dtype))
+                    logits = conv(pooled)
             else:  # the same windows, over each image's region (see valid_pooling_matrices)
                 H, W = x.shape[-2:]
                 rows = valid_pooling_matrices(valid_size[:, 0], H, g, x.dtype)[:, None]
                 cols = valid_pooling_matrices(valid_size[:, 1], W, g, x.dtype)[:, None]
                 if full_precision:
-                    logits = rows @ F.conv2d(x, weight.to(x.dtype)) @ cols.transpose(2, 3)
+                    logits = rows @ conv(x) @ cols.transpose(2, 3)
                 else:
                     pooled = (rows @ x @ cols.transpose(2, 3)).to(dtype)
-                    logits = F.conv2d(pooled, weight.to(dtype))
-        logits = to_grid_dtype(logits).flatten(1)
+                    logits = conv(pooled)
+        # nan_to_num: features of a diverged run (NaN/Inf) must still give a valid grid, so
+        # that the NaN reaches the loss and Detectron2 reports the divergence, instead of
+        # NaN positions crashing the interpolation's indexing.
+        logits = torch.nan_to_num(to_grid_dtype(logits).flatten(1))
         return torch.softmax(logits, dim=1).view(n, g, g)
 
     def _valid_sizes(self, valid_size, in_size, device):
@@ -119,6 +130,7 @@ class SaliencySampler(nn.Module):
         Returns:
             Grid: call ``.sample`` / ``.inverse`` on it.
         """
+        x = guard_traced_size(x)  # a trace refuses another size (see export_guards)
         H, W = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
             valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)

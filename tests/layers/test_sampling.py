@@ -202,3 +202,85 @@ def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(mo
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert results[1][2].abs().sum() > 0  # the positions do receive gradients
+
+
+def _poisoned(x, image):
+    """``x`` with NaN, +Inf and -Inf written into image ``image`` (features of a diverged run)."""
+    x = x.clone()
+    x[image, :, 1, 2] = float("nan")
+    x[image, 0, 3] = float("inf")
+    x[image, 1, :, 4] = -float("inf")
+    return x
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_non_finite_features_give_a_valid_grid(padded):
+    # Diverged training makes NaN/Inf features; the grid must stay a valid map (finite,
+    # inside the image) so that NaN flows on to the loss instead of crashing in indexing.
+    torch.manual_seed(0)
+    sampler = SaliencySampler(6, 0.5, grid_size=5, padding=4, sigma=1.5)
+    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 6, 12, 16)
+    valid = torch.tensor([[12.0, 16.0], [9.0, 11.0]]) if padded else None
+    bad = _poisoned(x, image=1)
+    grid = sampler(bad, valid)
+    for knots in (grid.knots_y, grid.knots_x):
+        assert torch.isfinite(knots).all()
+        assert (knots[:, 1:] > knots[:, :-1]).all()
+        assert (knots[:, 0] == 0).all() and (knots[:, -1] == 1).all()
+    ys, xs = grid.sampling_positions(clamp=True)
+    iy, ix = grid.inverse_positions(clamp=True)
+    for pos, size in ((ys, 12), (xs, 16), (iy, 6), (ix, 8)):
+        assert torch.isfinite(pos).all() and pos.min() >= 0 and pos.max() <= size - 1
+    # The clean image's grid is untouched by its batch-mate, and sampling runs.
+    clean = sampler(x[:1], None if valid is None else valid[:1])
+    torch.testing.assert_close(grid.sample(bad)[:1], clean.sample(x[:1]), rtol=0, atol=0)
+    assert not torch.isfinite(grid.sample(bad)[1]).all()
+    restored = grid.inverse(grid.sample(bad))
+    assert restored.shape == bad.shape and not torch.isfinite(restored[1]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("padded", [False, True])
+def test_saliency_conv_is_called_as_a_module(dtype, padded):
+    # Forward hooks (feature extraction, fvcore's module attribution) must see the saliency
+    # conv. Full precision convolves the map, then pools; half precision pools the map and
+    # convolves the G x G grid in float32 (see SaliencySampler.saliency).
+    torch.manual_seed(0)
+    sampler = SaliencySampler(6, 0.5, grid_size=5, padding=4, sigma=1.5).to(dtype)
+    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 6, 12, 16, dtype=dtype)
+    valid = torch.tensor([[12.0, 16.0], [9.0, 11.0]]) if padded else None
+    seen = []
+    sampler.saliency_conv.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    saliency = sampler.saliency(x, valid)
+    assert len(seen) == 1
+    inp, out = seen[0]
+    w = sampler.saliency_conv.weight.detach().double()
+    if dtype == torch.bfloat16:
+        assert inp.shape == (2, 6, 5, 5) and inp.dtype == out.dtype == torch.float32
+    else:
+        assert inp is x and out.shape == (2, 1, 12, 16) and out.dtype == dtype
+    # The hooked output is the 1x1 conv of the hooked input (independent einsum), and the
+    # saliency is the softmax of its pooled logits.
+    torch.testing.assert_close(out.double(), torch.einsum("oc,nchw->nohw", w[:, :, 0, 0],
+                                                          inp.double()), rtol=1e-5, atol=1e-5)
+    if not padded:
+        logits = F.adaptive_avg_pool2d(out.double(), 5)
+        torch.testing.assert_close(saliency, torch.softmax(logits.flatten(1), 1).view(2, 5, 5),
+                                   rtol=1e-3 if dtype == torch.bfloat16 else 1e-6, atol=1e-6)
+
+
+def test_fvcore_counts_the_saliency_conv():
+    from fvcore.nn import FlopCountAnalysis
+
+    from ssb_det.modeling import SSBBottleneckBlock
+
+    block = SSBBottleneckBlock(32, 32, bottleneck_channels=8, norm="BN", grid_size=5,
+                               grid_padding=4, kernel_sigma=1.5).eval()
+    x = torch.randn(2, 32, 12, 16)
+    flops = FlopCountAnalysis(block, (x,))
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert "sampler.saliency_conv" not in flops.uncalled_modules()
+    # One MAC per value of the 8-channel full-size map it reads.
+    assert flops.by_module()["sampler.saliency_conv"] == 2 * 8 * 12 * 16

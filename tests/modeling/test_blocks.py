@@ -225,3 +225,27 @@ def test_gradcheck_of_a_whole_ssb_block_in_float64(memory_efficient, inverse_pos
 
     assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
     assert all(recomputed)  # the grid was differentiated, not treated as a constant
+
+
+@pytest.mark.parametrize("position", ["after_conv3", "before_conv3"])
+def test_non_finite_input_flows_through_the_block(position):
+    # Diverged training: NaN/Inf must reach the loss (Detectron2 then reports the
+    # divergence) rather than crash the sampler. Training with backward, then inference.
+    torch.manual_seed(0)
+    block = SSBBottleneckBlock(32, 32, bottleneck_channels=8, norm="BN", sampling_ratio=0.5,
+                               grid_size=5, grid_padding=4, kernel_sigma=1.5,
+                               inverse_position=position)
+    x = torch.randn(2, 32, 17, 26)
+    x[1, :, 2, 3] = float("nan")
+    x[1, 4] = float("inf")
+    block.eval()  # first: training with this batch makes BN's running statistics NaN
+    with torch.no_grad():
+        y = block(x)
+        alone = block(x[:1])
+    assert not torch.isfinite(y[1]).all()
+    torch.testing.assert_close(y[:1], alone)  # the clean image is unaffected in inference
+    x.requires_grad_(True)
+    block.train()
+    y = block(x)
+    assert y.shape == x.shape and not torch.isfinite(y).all()
+    y.sum().backward()

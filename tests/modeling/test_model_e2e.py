@@ -121,3 +121,26 @@ def test_images_without_instances(name, counts):
     losses = train_step(model, batch(counts))
     assert all(torch.isfinite(v) for v in losses.values())
     check_inference(name, model)
+
+
+
+# Detectron2's own divergence errors: the RPN's check of its proposals (R-CNN), else the
+# trainer's check of the losses.
+DIVERGED = {"mask_rcnn": "Predicted boxes or scores contain Inf/NaN. Training has diverged",
+            "retinanet": "Loss became infinite or NaN", "semantic_fpn": "Loss became infinite or NaN"}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_diverged_training_reaches_detectron2_divergence_error(name):
+    # As with Detectron2's own backbone: Inf/NaN activations flow through the SSB blocks
+    # (forward and backward), and Detectron2 reports the divergence.
+    from detectron2.engine import SimpleTrainer
+
+    model = build(name)
+    model.train()
+    inputs = batch([2, 1])
+    inputs[0]["image"][:, 5:9, 7:30] = float("inf")
+    with EventStorage(), pytest.raises(FloatingPointError, match=DIVERGED[name]):
+        losses = model(inputs)  # SimpleTrainer.run_step: forward, backward, write_metrics
+        sum(losses.values()).backward()
+        SimpleTrainer.write_metrics(losses, 0.0)
