@@ -133,7 +133,7 @@ NOT_COUNTED_OPS = (
     "aten::hardtanh", "aten::hardtanh_", "aten::silu", "aten::silu_", "aten::gelu",
     # comparisons and logic
     "aten::lt", "aten::le", "aten::ne", "aten::logical_and", "aten::logical_or",
-    "aten::where", "aten::all", "aten::any", "aten::isfinite",
+    "aten::where", "aten::all", "aten::any", "aten::isfinite", "aten::nan_to_num",
     # max pooling and reductions (saliency grid: G x G values)
     "aten::max_pool2d", "aten::sum", "aten::softmax", "aten::_softmax", "aten::log_softmax",
     "aten::min", "aten::argmax", "aten::cumsum", "aten::prod",
