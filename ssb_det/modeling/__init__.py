@@ -1,6 +1,6 @@
 """SSB-ResNet blocks and Detectron2 backbones (registered on import)."""
-from .blocks import RSBottleneckBlock, RSStem, SSBBottleneckBlock
-from .stems import DeepLabStem
+from .blocks import RSBottleneckBlock, SSBBottleneckBlock
+from .stems import DeepLabStem, RSStem
 from .backbone import (
     BLOCKS_PER_STAGE,
     SSBResNet,

@@ -18,8 +18,8 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, Defo
 
 from ..config import HOSTS
 from ..layers import grid_dtype
-from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, RSStem, SSBBottleneckBlock
-from .stems import DeepLabStem
+from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
+from .stems import DeepLabStem, RSStem
 
 __all__ = [
     "BLOCKS_PER_STAGE",

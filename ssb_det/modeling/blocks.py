@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
 
-__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "RSStem", "INVERSE_POSITIONS"]
+__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS"]
 
 # Where an SSB block restores the full size (see SSBBottleneckBlock).
 INVERSE_POSITIONS = ("after_conv3", "before_conv3")
@@ -203,31 +203,3 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         else:
             out = self.expand(checkpoint(grid.inverse, b, use_reentrant=False))
         return add_relu_(out, self.project(x))
-
-
-class RSStem(CNNBlockBase):
-    """ResNet-RS deep stem: three 3x3 convs (the first stride 2) and a stride-2 3x3 conv in
-    place of the max-pool. Output stride 4.
-
-    Args:
-        in_channels (int): image channels.
-        out_channels (int): output channels (64 in ResNet-RS).
-        stem_width (int): width of the first two convs (32 in ResNet-RS).
-        norm (str or callable): normalisation after every conv.
-    """
-
-    def __init__(self, in_channels=3, out_channels=64, stem_width=32, norm="BN"):
-        super().__init__(in_channels, out_channels, 4)
-        self.in_channels = in_channels
-        widths = [(in_channels, stem_width, 2), (stem_width, stem_width, 1),
-                  (stem_width, out_channels, 1), (out_channels, out_channels, 2)]
-        for i, (cin, cout, s) in enumerate(widths, start=1):
-            conv = Conv2d(cin, cout, kernel_size=3, stride=s, padding=1, bias=False,
-                          norm=get_norm(norm, cout))
-            weight_init.c2_msra_fill(conv)
-            self.add_module(f"conv{i}", conv)
-
-    def forward(self, x):
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            x = F.relu_(conv(x))
-        return x

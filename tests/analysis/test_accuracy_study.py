@@ -15,6 +15,7 @@ from ssb_det.analysis.accuracy_study import (
     summarize,
 )
 from ssb_det.config import add_ssb_config
+from test_configs import flat  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,20 +30,10 @@ DEFINING_KEYS = {
 }
 
 
-def _flat(cfg, prefix=""):
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _load(name):
     cfg = add_ssb_config(get_cfg())
     cfg.merge_from_file(os.path.join(CONFIG_DIR, name), allow_unsafe=False)
-    return _flat(cfg)
+    return flat(cfg)
 
 
 def test_each_variant_differs_from_the_base_only_in_its_defining_keys():
