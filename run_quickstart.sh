@@ -46,8 +46,9 @@ done
 echo
 "$PY" -m ssb_det.engine.report "${out_dirs[@]}"
 if [ "$with_baseline" = 1 ]; then
-  # The cost side of the comparison at the quickstart's input size (fvcore MACs, sampling
-  # counted; the twin is the same config with MODEL.SSB.ENABLED False).
+  # The cost side of the comparison at the quickstart's input, as the models see it: 144x192
+  # images padded to 160x192 (FPN's SIZE_DIVISIBILITY 32); fvcore MACs, sampling counted;
+  # the twin is the same config with MODEL.SSB.ENABLED False.
   echo
-  "$PY" tools/analyze_model.py --config-file "${configs[0]}" --size 144 192 "$@"
+  "$PY" tools/analyze_model.py --config-file "${configs[0]}" --size 160 192 "$@"
 fi
