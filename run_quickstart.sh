@@ -4,7 +4,7 @@
 # datasets/ssb_shapes/, or $SSB_DET_DATASETS/ssb_shapes), evaluate it with pycocotools'
 # COCOeval and print the COCO AP table.
 #
-#   bash run_quickstart.sh                      # SSB-R50 (about 7 minutes on 2 idle CPU cores)
+#   bash run_quickstart.sh                      # SSB-R50 (7-13 minutes on 2 idle CPU cores)
 #   bash run_quickstart.sh --with-baseline      # then the plain-R50 twin, same schedule and seed
 #   bash run_quickstart.sh MODEL.DEVICE cuda    # extra KEY VALUE pairs go to tools/train_net.py
 #

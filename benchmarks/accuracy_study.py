@@ -10,7 +10,7 @@ See docs/accuracy.md.
 
 Examples::
 
-    python benchmarks/accuracy_study.py                 # the study (about 100 min, 2 cores)
+    python benchmarks/accuracy_study.py                 # the study (75-90 min, 2 cores)
     python benchmarks/accuracy_study.py --quick --output /tmp/study   # a few minutes, CI
     python benchmarks/accuracy_study.py --variants R50 SSB-R50 R101 --seeds 3
 """
