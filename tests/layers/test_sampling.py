@@ -232,9 +232,10 @@ def test_non_finite_features_give_a_valid_grid(padded):
     iy, ix = grid.inverse_positions(clamp=True)
     for pos, size in ((ys, 12), (xs, 16), (iy, 6), (ix, 8)):
         assert torch.isfinite(pos).all() and pos.min() >= 0 and pos.max() <= size - 1
-    # The clean image's grid is untouched by its batch-mate, and sampling runs.
+    # The clean image's grid is untouched by its batch-mate (up to float32 rounding: a batch
+    # of two may sum in another order than a batch of one), and sampling runs.
     clean = sampler(x[:1], None if valid is None else valid[:1])
-    torch.testing.assert_close(grid.sample(bad)[:1], clean.sample(x[:1]), rtol=0, atol=0)
+    torch.testing.assert_close(grid.sample(bad)[:1], clean.sample(x[:1]), rtol=1e-5, atol=1e-6)
     assert not torch.isfinite(grid.sample(bad)[1]).all()
     restored = grid.inverse(grid.sample(bad))
     assert restored.shape == bad.shape and not torch.isfinite(restored[1]).all()
