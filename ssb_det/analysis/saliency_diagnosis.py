@@ -16,8 +16,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..layers import SaliencySampler, recasens_knots_1d
+from ..layers import recasens_knots_1d
 from ..layers.sampling_stats import separable_statistics
+from ..modeling.blocks import learned_ssb_blocks
 
 __all__ = ["logit_scale_response", "block_diagnosis", "format_markdown", "main"]
 
@@ -87,23 +88,20 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
     """
     from detectron2.utils.events import EventStorage
 
-    blocks = {name.split("bottom_up.")[-1][: -len(".sampler")]: module
-              for name, module in model.named_modules()
-              if isinstance(module, SaliencySampler) and not module.uniform}
+    blocks = learned_ssb_blocks(model)
     seen = {}
 
     def record(name):
         def hook(module, inputs, grid):
-            x = inputs[0].detach()
-            logits = F.adaptive_avg_pool2d(
-                F.conv2d(x, module.saliency_conv.weight.detach()),
-                (module.grid_size, module.grid_size)).flatten(1)
+            with torch.no_grad():
+                logits = F.adaptive_avg_pool2d(module.saliency_conv(inputs[0]),
+                                               (module.grid_size, module.grid_size)).flatten(1)
             kl, ratio = separable_statistics(grid.knots_y.detach(), grid.knots_x.detach())
             seen[name] = dict(logit_std=float(logits.std(dim=1).mean()),
                               density_ratio=float(ratio.mean()), kl=float(kl.mean()))
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in blocks.items()]
+    handles = [b.sampler.register_forward_hook(record(n)) for n, b in blocks.items()]
     was_training = model.training
     try:
         model.train()
@@ -115,14 +113,11 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
         for h in handles:
             h.remove()
         model.train(was_training)
-    modules = dict(model.named_modules())
     out = {}
-    for name, sampler in blocks.items():
-        block = next(m for n, m in modules.items() if n.endswith(name) and hasattr(m, "conv1"))
-        g_sal = sampler.saliency_conv.weight.grad
-        g_c1 = block.conv1.weight.grad
-        out[name] = dict(seen[name], weight_norm=float(sampler.saliency_conv.weight.norm()),
-                         grad_ratio=_rms(g_sal) / max(_rms(g_c1), 1e-30))
+    for name, block in blocks.items():
+        g_sal = block.sampler.saliency_conv.weight.grad
+        out[name] = dict(seen[name], weight_norm=float(block.sampler.saliency_conv.weight.norm()),
+                         grad_ratio=_rms(g_sal) / max(_rms(block.conv1.weight.grad), 1e-30))
     model.zero_grad(set_to_none=True)
     return out
 

@@ -11,22 +11,10 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils.events import get_event_storage
 
-from ..layers import SaliencySampler
 from ..layers.sampling_stats import separable_statistics
+from ..modeling.blocks import learned_ssb_blocks
 
-__all__ = ["SamplingStatsHook", "sampler_names"]
-
-
-def sampler_names(model: torch.nn.Module):
-    """``{block name: sampler}`` of every learned (non-uniform) sampler in ``model``,
-    named by its block as in a checkpoint without the backbone prefix, e.g. ``"res3.1"``."""
-    unwrapped = getattr(model, "module", model)  # DistributedDataParallel
-    found = {}
-    for name, module in unwrapped.named_modules():
-        if isinstance(module, SaliencySampler) and not module.uniform:
-            block = name[: -len(".sampler")] if name.endswith(".sampler") else name
-            found[block.split("bottom_up.")[-1]] = module
-    return found
+__all__ = ["SamplingStatsHook"]
 
 
 class SamplingStatsHook(HookBase):
@@ -36,8 +24,8 @@ class SamplingStatsHook(HookBase):
         self._handles = []
 
     def before_train(self):
-        for name, sampler in sampler_names(self.trainer.model).items():
-            self._handles.append(sampler.register_forward_hook(self._logger(name)))
+        for name, block in learned_ssb_blocks(self.trainer.model).items():
+            self._handles.append(block.sampler.register_forward_hook(self._logger(name)))
 
     def after_train(self):
         for handle in self._handles:

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
 
-__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS"]
+__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks"]
 
 # Where an SSB block restores the full size (see SSBBottleneckBlock).
 INVERSE_POSITIONS = ("after_conv3", "before_conv3")
@@ -203,3 +203,12 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         else:
             out = self.expand(checkpoint(grid.inverse, b, use_reentrant=False))
         return add_relu_(out, self.project(x))
+
+
+def learned_ssb_blocks(model: torch.nn.Module):
+    """``{name: block}`` of every SSB block of ``model`` with a learned (non-uniform)
+    saliency, named as in a checkpoint without the backbone prefix, e.g. ``"res3.1"``
+    (a ``DistributedDataParallel`` wrapper is looked through)."""
+    model = getattr(model, "module", model)
+    return {name.split("bottom_up.")[-1]: m for name, m in model.named_modules()
+            if isinstance(m, SSBBottleneckBlock) and not m.sampler.uniform}

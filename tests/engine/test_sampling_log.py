@@ -5,7 +5,8 @@ import torch
 from detectron2.utils.events import EventStorage
 
 from ssb_det import ssb_resnet
-from ssb_det.engine.sampling_log import SamplingStatsHook, sampler_names
+from ssb_det.engine.sampling_log import SamplingStatsHook
+from ssb_det.modeling.blocks import learned_ssb_blocks
 from ssb_det.layers.sampling_stats import separable_statistics
 
 NARROW = dict(depth=50, norm="BN", stem_out_channels=8, res2_out_channels=32,
@@ -16,14 +17,14 @@ def _model(**kw):
     torch.manual_seed(0)
     model = ssb_resnet(**NARROW, **kw)
     with torch.no_grad():
-        for name, sampler in sampler_names(model).items():
-            sampler.saliency_conv.weight.normal_(0, 1.0)
+        for name, block in learned_ssb_blocks(model).items():
+            block.sampler.saliency_conv.weight.normal_(0, 1.0)
     return model
 
 
 def test_hook_logs_each_learned_block_with_the_grid_statistics():
     model = _model()
-    names = sampler_names(model)
+    names = {n: b.sampler for n, b in learned_ssb_blocks(model).items()}
     # depth 50, ratios 0.5/0.5/0.5/1: every stride-1 block of res2..res4 samples (all of
     # res2; res3 and res4 but their strided first blocks).
     assert sorted(names) == sorted([f"res2.{i}" for i in range(3)] + [f"res3.{i}" for i in (1, 2, 3)]
@@ -61,5 +62,5 @@ def test_hook_logs_each_learned_block_with_the_grid_statistics():
 
 
 def test_uniform_and_plain_models_have_nothing_to_log():
-    assert sampler_names(ssb_resnet(**NARROW, uniform=True)) == {}
-    assert sampler_names(ssb_resnet(**NARROW, enabled=False)) == {}
+    assert learned_ssb_blocks(ssb_resnet(**NARROW, uniform=True)) == {}
+    assert learned_ssb_blocks(ssb_resnet(**NARROW, enabled=False)) == {}
