@@ -63,6 +63,10 @@ def add_ssb_config(cfg):
     # Hold the saliency constant: uniform sampling, the paper's ablation baseline. The
     # saliency convs are then not created.
     _C.MODEL.SSB.UNIFORM = False
+    # Bound B of the pooled saliency logits: l -> B tanh(l / B), so one grid cell outweighs
+    # another by at most exp(2B) and a fast-learning saliency cannot collapse the map onto a
+    # few rows (docs/accuracy.md). 0: unbounded (the paper's softmax). *(choice)*
+    _C.MODEL.SSB.SALIENCY_BOUND = 0.0
     # Where the inverse sampling sits: "after_conv3" (conv3 runs on the small map, the
     # inverse restores 4f channels) or "before_conv3" (the inverse restores the f-channel 3x3
     # output, conv3 runs at full size). *(choice; default picked by benchmark)*

@@ -174,6 +174,7 @@ def backbone_conventions(cfg) -> dict:
     return {
         "MODEL.SSB.HOST": s.HOST, "MODEL.SSB.ENABLED": bool(s.ENABLED),
         "MODEL.SSB.RATIOS": list(s.RATIOS), "MODEL.SSB.UNIFORM": bool(s.UNIFORM),
+        "MODEL.SSB.SALIENCY_BOUND": float(s.SALIENCY_BOUND),
         "MODEL.SSB.INVERSE_POSITION": s.INVERSE_POSITION,
         "MODEL.RESNETS.DEPTH": int(r.DEPTH), "MODEL.RESNETS.STRIDE_IN_1X1": bool(r.STRIDE_IN_1X1),
         "MODEL.RESNETS.NUM_GROUPS": int(r.NUM_GROUPS),

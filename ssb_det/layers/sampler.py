@@ -33,10 +33,13 @@ class SaliencySampler(nn.Module):
         sigma (float): Gaussian kernel std in cells (Recasens: FWHM 13 -> about 5.5).
         uniform (bool): hold the saliency constant (uniform sampling ablation); then no
             saliency conv is created.
+        saliency_bound (float): if > 0, pooled logits ``l`` become ``B tanh(l / B)``, so no
+            cell outweighs another by more than ``exp(2B)`` and the map cannot collapse onto
+            a few rows; 0: unbounded logits.
     """
 
     def __init__(self, in_channels: int, ratio: float, *, grid_size: int = 31, padding: int = 30,
-                 sigma: float = 5.5, uniform: bool = False):
+                 sigma: float = 5.5, uniform: bool = False, saliency_bound: float = 0.0):
         super().__init__()
         if not (0.0 < ratio <= 1.0):
             raise ValueError(f"sampling ratio must be in (0, 1], got {ratio}")
@@ -45,11 +48,14 @@ class SaliencySampler(nn.Module):
                 f"invalid sampler grid: grid_size={grid_size} (>= 1), padding={padding} (>= 0), "
                 f"sigma={sigma} (> 0)"
             )
+        if not saliency_bound >= 0:
+            raise ValueError(f"saliency_bound must be >= 0 (0: unbounded), got {saliency_bound}")
         self.ratio = float(ratio)
         self.grid_size = int(grid_size)
         self.padding = int(padding)
         self.sigma = float(sigma)
         self.uniform = bool(uniform)
+        self.saliency_bound = float(saliency_bound)
         if not self.uniform:
             self.saliency_conv = SaliencyConv(in_channels, 1, kernel_size=1, bias=False)
             nn.init.zeros_(self.saliency_conv.weight)
@@ -61,7 +67,7 @@ class SaliencySampler(nn.Module):
 
     def extra_repr(self):
         return (f"ratio={self.ratio}, grid_size={self.grid_size}, padding={self.padding}, "
-                f"sigma={self.sigma}, uniform={self.uniform}")
+                f"sigma={self.sigma}, uniform={self.uniform}, saliency_bound={self.saliency_bound}")
 
     def out_size(self, h: int, w: int) -> Tuple[int, int]:
         return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
@@ -106,6 +112,8 @@ class SaliencySampler(nn.Module):
         # that the NaN reaches the loss and Detectron2 reports the divergence, instead of
         # NaN positions crashing the interpolation's indexing.
         logits = torch.nan_to_num(to_grid_dtype(logits).flatten(1))
+        if self.saliency_bound > 0:
+            logits = self.saliency_bound * torch.tanh(logits / self.saliency_bound)
         return torch.softmax(logits, dim=1).view(n, g, g)
 
     def _valid_sizes(self, valid_size, in_size, device):

@@ -263,6 +263,7 @@ def ssb_resnet(
     grid_padding: int = 30,
     kernel_sigma: float = 5.5,
     uniform: bool = False,
+    saliency_bound: float = 0.0,
     inverse_position: str = "after_conv3",
     se_ratio: float = 0.25,
     drop_path_rate: float = 0.0,
@@ -302,7 +303,8 @@ def ssb_resnet(
             ``DEFORM_NUM_GROUPS``.
         out_features (Sequence[str]): features to return, e.g. ``["res2", ..., "res5"]``.
         freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...).
-        grid_size, grid_padding, kernel_sigma, uniform, inverse_position: sampler options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
+        grid_size, grid_padding, kernel_sigma, uniform, saliency_bound, inverse_position: sampler
+            options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
         se_ratio (float): SE ratio of the ResNet-RS host (ignored by the plain host).
         drop_path_rate (float): stochastic depth of the last block, linear from 0.
         memory_efficient (bool): SSB blocks recompute their sampling passes and conv3 in
@@ -357,7 +359,7 @@ def ssb_resnet(
         sampled = enabled and ratios[idx] < 1.0
         ssb_kwargs = dict(sampling_ratio=ratios[idx], grid_size=grid_size,
                           grid_padding=grid_padding, kernel_sigma=kernel_sigma,
-                          uniform=uniform,
+                          uniform=uniform, saliency_bound=saliency_bound,
                           inverse_position=inverse_position, memory_efficient=memory_efficient)
         # Consecutive runs of one block class, each made by ResNet.make_stage: strided blocks
         # stay plain bottlenecks, stride-1 blocks of a sampled stage are SSB blocks.
@@ -431,7 +433,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         res5_multi_grid=r.get("RES5_MULTI_GRID", None),
         out_features=list(r.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         grid_size=s.GRID_SIZE, grid_padding=s.GRID_PADDING, kernel_sigma=s.KERNEL_SIGMA,
-        uniform=s.UNIFORM,
+        uniform=s.UNIFORM, saliency_bound=s.SALIENCY_BOUND,
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
         padding_aware=s.PADDING_AWARE,

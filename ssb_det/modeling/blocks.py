@@ -134,8 +134,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
     def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, num_groups=1,
                  norm="BN", stride_in_1x1=False, dilation=1, se_ratio=0.0, avg_down=False,
                  drop_path=0.0, sampling_ratio=0.5, grid_size=31, grid_padding=30,
-                 kernel_sigma=5.5, uniform=False, inverse_position="after_conv3",
-                 memory_efficient=True):
+                 kernel_sigma=5.5, uniform=False, saliency_bound=0.0,
+                 inverse_position="after_conv3", memory_efficient=True):
         if stride != 1:
             raise ValueError(
                 f"SSBBottleneckBlock samples stride-1 blocks only (got stride={stride}); "
@@ -153,7 +153,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         self.memory_efficient = bool(memory_efficient)
         self.sampler = SaliencySampler(
             bottleneck_channels, sampling_ratio, grid_size=grid_size, padding=grid_padding,
-            sigma=kernel_sigma, uniform=uniform,
+            sigma=kernel_sigma, uniform=uniform, saliency_bound=saliency_bound,
         )
 
     def forward(self, x, valid_size=None):

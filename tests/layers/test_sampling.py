@@ -159,6 +159,30 @@ def test_invalid_sampler_arguments_raise():
         SaliencySampler(4, 1.5)
     with pytest.raises(ValueError, match="grid_size"):
         SaliencySampler(4, 0.5, grid_size=0)
+    with pytest.raises(ValueError, match="saliency_bound"):
+        SaliencySampler(4, 0.5, saliency_bound=-1.0)
+
+
+@pytest.mark.parametrize("bound", [0.0, 1.5])
+def test_saliency_is_softmax_of_bounded_pooled_logits(bound):
+    # Reference in NumPy: pool each 3x3 window of the 1x1 conv's output by hand, then
+    # softmax of B tanh(l / B) over the 4x4 cells (plain softmax for B = 0).
+    torch.manual_seed(0)
+    sampler = SaliencySampler(3, 0.5, grid_size=4, padding=3, sigma=1.0, saliency_bound=bound)
+    with torch.no_grad():
+        sampler.saliency_conv.weight.normal_(std=20.0)  # pooled logits of several units
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    w = sampler.saliency_conv.weight.detach().double().numpy().reshape(3)
+    conv = np.einsum("c,nchw->nhw", w, x.numpy())
+    pooled = conv.reshape(2, 4, 3, 4, 3).mean(axis=(2, 4)).reshape(2, 16)
+    logits = bound * np.tanh(pooled / bound) if bound else pooled
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    got = sampler.double().saliency(x).detach().numpy().reshape(2, 16)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+    if bound:  # one cell outweighs another by at most exp(2B)
+        assert (got.max(1) / got.min(1)).max() <= np.exp(2 * bound)
+        assert (pooled.max(1) - pooled.min(1)).max() > 4 * bound  # the bound was active
 
 
 def test_uniform_sampler_has_no_parameters():

@@ -280,6 +280,13 @@ def test_memory_efficient_key_reaches_the_blocks():
     assert all(b.memory_efficient for b in blocks)
 
 
+def test_saliency_bound_key_reaches_every_sampler():
+    for bound in (0.0, 1.5):
+        blocks = [m for m in build_backbone(make_cfg(SALIENCY_BOUND=bound)).modules()
+                  if isinstance(m, SSBBottleneckBlock)]
+        assert blocks and all(b.sampler.saliency_bound == bound for b in blocks)
+
+
 def test_non_separable_map_is_refused_with_a_clear_error():
     # Issue 12, defect 4: the 2-D map's inverse did not converge; it was removed.
     with pytest.raises(ValueError, match="MODEL.SSB.SEPARABLE=False.*removed"):
