@@ -38,13 +38,15 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 uniform": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
     "SSB-R101": "faster_rcnn_SSB_R_101_FPN_small.yaml",
     "R101": "faster_rcnn_R_101_FPN_small.yaml",
+    "SSB-R50 saliency LR x3": "faster_rcnn_SSB_R_50_salr3_FPN_small.yaml",
     "SSB-R50 saliency LR x10": "faster_rcnn_SSB_R_50_salr10_FPN_small.yaml",
     "SSB-R50 bounded saliency LR x10": "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
 }
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
-         ("R101", "R50"), ("SSB-R50 saliency LR x10", "SSB-R50"),
+         ("R101", "R50"), ("SSB-R50 saliency LR x3", "SSB-R50"),
+         ("SSB-R50 saliency LR x3", "SSB-R50 uniform"), ("SSB-R50 saliency LR x10", "SSB-R50"),
          ("SSB-R50 saliency LR x10", "SSB-R50 uniform"),
          ("SSB-R50 bounded saliency LR x10", "SSB-R50"),
          ("SSB-R50 bounded saliency LR x10", "SSB-R50 uniform"))

@@ -26,6 +26,7 @@ DEFINING_KEYS = {
     "SSB-R50 uniform": {"MODEL.SSB.UNIFORM": True},
     "SSB-R101": {"MODEL.RESNETS.DEPTH": 101},
     "R101": {"MODEL.SSB.ENABLED": False, "MODEL.RESNETS.DEPTH": 101},
+    "SSB-R50 saliency LR x3": {"SOLVER.SALIENCY_LR_FACTOR": 3.0},
     "SSB-R50 saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0},
     "SSB-R50 bounded saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                         "MODEL.SSB.SALIENCY_BOUND": 2.0},
