@@ -10,17 +10,17 @@ Determinism: the data order is a function of ``SEED`` and the step (see
 before every step, so with ``DATALOADER.NUM_WORKERS 0`` a resumed run continues exactly as an
 uninterrupted one would (on the same machine and thread count).
 """
-import bisect
 import glob
 import json
 import logging
-import math
 import os
 import time
 from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
+from detectron2.solver import build_lr_scheduler
+from detectron2.solver.build import get_default_optimizer_params
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,16 +33,12 @@ from .model import BACKBONE_PREFIX, SSBResNetClassifier, build_classifier
 __all__ = [
     "ClassificationTrainer",
     "evaluate",
-    "lr_at",
     "load_classifier_weights",
     "export_d2_backbone",
     "last_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
-
-LR_SCHEDULERS = ("WarmupCosineLR", "WarmupMultiStepLR")
-
 
 def _world():
     if dist.is_available() and dist.is_initialized():
@@ -55,33 +51,6 @@ def _all_reduce_sum(values, device):
     if _world()[1] > 1:
         dist.all_reduce(t)
     return t.tolist()
-
-
-def lr_at(cfg, step: int, max_iter: int, base_lr: float) -> float:
-    """Learning rate of step ``step`` (0-based): linear warmup times cosine or step decay.
-
-    Same formulas as Detectron2's ``WarmupCosineLR`` / ``WarmupMultiStepLR`` (linear warmup
-    from ``WARMUP_FACTOR`` over ``WARMUP_ITERS``).
-
-    Args:
-        cfg (CfgNode): ``SOLVER.{LR_SCHEDULER_NAME,WARMUP_ITERS,WARMUP_FACTOR,STEPS,GAMMA}``.
-        step (int): the step about to run.
-        max_iter (int): total steps.
-        base_lr (float): peak learning rate.
-    """
-    s = cfg.SOLVER
-    if s.LR_SCHEDULER_NAME == "WarmupCosineLR":
-        decay = 0.5 * (1.0 + math.cos(math.pi * step / max_iter))
-    elif s.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
-        decay = s.GAMMA ** bisect.bisect_right(list(s.STEPS), step)
-    else:
-        raise ValueError(f"SOLVER.LR_SCHEDULER_NAME={s.LR_SCHEDULER_NAME!r}: classification "
-                         f"pretraining supports {LR_SCHEDULERS}")
-    warmup = 1.0
-    if step < s.WARMUP_ITERS:
-        alpha = step / s.WARMUP_ITERS
-        warmup = s.WARMUP_FACTOR * (1.0 - alpha) + alpha
-    return base_lr * decay * warmup
 
 
 def _autocast(cfg, device: torch.device):
@@ -288,7 +257,6 @@ class ClassificationTrainer:
                              "CLS.EPOCHS)")
         ref = cfg.CLS.LR_REFERENCE_BATCH
         self.base_lr = cfg.SOLVER.BASE_LR * (cfg.SOLVER.IMS_PER_BATCH / ref if ref > 0 else 1.0)
-        lr_at(cfg, 0, self.max_iter, self.base_lr)  # validates the scheduler name early
 
         torch.manual_seed(self.seed)  # the same initial weights on every rank
         model = build_classifier(cfg, num_classes).to(self.device)
@@ -296,14 +264,18 @@ class ClassificationTrainer:
                               else torch.contiguous_format)
         model = model.to(memory_format=self.memory_format)
         self.model = model
-        from detectron2.solver.build import get_default_optimizer_params
-
         params = get_default_optimizer_params(
             model, base_lr=self.base_lr, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
         self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.SOLVER.MOMENTUM,
                                          nesterov=cfg.SOLVER.NESTEROV)
+        # Detectron2's scheduler (fvcore warm-up + cosine / multi-step schedule) over max_iter,
+        # which CLS.EPOCHS may have set; it sets the optimizer's LR to that of step 0.
+        schedule_cfg = cfg.clone()
+        schedule_cfg.defrost()
+        schedule_cfg.SOLVER.MAX_ITER = self.max_iter
+        self.scheduler = build_lr_scheduler(schedule_cfg, self.optimizer)
         self.ema = ModelEMA(model, cfg.CLS.EMA.DECAY) if cfg.CLS.EMA.ENABLED else None
         use_scaler = (cfg.SOLVER.AMP.ENABLED and cfg.CLS.AMP_DTYPE == "float16"
                       and self.device.type == "cuda")
@@ -345,6 +317,12 @@ class ClassificationTrainer:
                 self.scaler.load_state_dict(ckpt["scaler"])
             self.start_iter = int(ckpt["iteration"])
             self.samples_seen = int(ckpt["samples_seen"])
+            # The schedule is a function of the iteration alone (fvcore schedules keep no state),
+            # so it is placed at the checkpoint's iteration instead of being checkpointed; this
+            # also gives the next step the LR an uninterrupted run would use.
+            self.scheduler.last_epoch = self.start_iter
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+                group["lr"] = lr
             logger.info(f"resumed from {path} at iteration {self.start_iter}")
         elif self.cfg.MODEL.WEIGHTS:
             report, head_loaded = load_classifier_weights(self.model, self.cfg.MODEL.WEIGHTS)
@@ -419,9 +397,7 @@ class ClassificationTrainer:
             images, labels = next(data)
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
-            lr = lr_at(cfg, step, self.max_iter, self.base_lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = self.optimizer.param_groups[0]["lr"]  # every group has the same LR
             with _autocast(cfg, self.device):
                 logits = self.ddp_model(images)
             loss = self.criterion(logits.float(), labels)
@@ -431,6 +407,7 @@ class ClassificationTrainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
             local_samples += labels.numel()

@@ -21,7 +21,7 @@ from ssb_det import add_ssb_config
 from ssb_det.checkpoint import SSBCheckpointer, load_pth
 from ssb_det.classification import (ClassificationTrainer, InfiniteShardedSampler, ModelEMA,
                                     ShardedEvalSampler, build_classifier, build_embedded_split,
-                                    get_pretrain_cfg, lr_at)
+                                    get_pretrain_cfg)
 from ssb_det.classification.data import build_eval_transform
 from ssb_det.classification.launch import main
 from ssb_det.convert import conventions_mismatch
@@ -92,21 +92,6 @@ def test_recipe_defaults_are_resnet_rs():
             cfg.SOLVER.WEIGHT_DECAY_BIAS) == (4e-5, 0.0, 0.0)
     assert (cfg.CLS.LABEL_SMOOTHING, cfg.CLS.DROPOUT, cfg.CLS.EMA.DECAY) == (0.1, 0.25, 0.9999)
     assert cfg.CLS.INPUT.RANDAUGMENT_OPS == 2 and cfg.MODEL.RESNETS.NORM == "BN"
-
-
-def test_lr_schedule_warmup_then_cosine():
-    cfg = get_pretrain_cfg()
-    cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = 10, 0.1
-    assert lr_at(cfg, 0, 100, 1.0) == pytest.approx(0.1)
-    assert lr_at(cfg, 5, 100, 1.0) == pytest.approx(0.55 * 0.5 * (1 + math.cos(math.pi * 0.05)))
-    assert lr_at(cfg, 50, 100, 2.0) == pytest.approx(1.0)
-    assert lr_at(cfg, 99, 100, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
-    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
-    cfg.SOLVER.STEPS, cfg.SOLVER.GAMMA = (60, 80), 0.1
-    assert lr_at(cfg, 70, 100, 1.0) == pytest.approx(0.1)
-    cfg.SOLVER.LR_SCHEDULER_NAME = "Linear"
-    with pytest.raises(ValueError, match="LR_SCHEDULER_NAME"):
-        lr_at(cfg, 0, 100, 1.0)
 
 
 def test_float16_autocast_on_the_cpu_is_refused(tmp_path):
@@ -238,6 +223,63 @@ def test_imagefolder_trainer_applies_the_recipe(tmp_path):
     assert decay[named["fc.bias"]] == 0.0
     drops = [m.drop_prob for m in trainer.model.modules() if type(m).__name__ == "DropPath"]
     assert drops and max(drops) == pytest.approx(0.1)
+
+
+def _reference_lr(step, base_lr, max_iter, warmup_iters, warmup_factor, decay):
+    """Detectron2's schedule written out: a line from ``warmup_factor * decay(0)`` to
+    ``decay(warmup_iters)`` over the warm-up, then ``decay(step)``; times ``base_lr``."""
+    if step < warmup_iters:
+        start = warmup_factor * decay(0)
+        return base_lr * (start + (decay(warmup_iters) - start) * step / warmup_iters)
+    return base_lr * decay(step)
+
+
+def _lrs(trainer, steps):
+    """The LR of each of the next ``steps`` steps, advancing the trainer's schedule."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()  # no gradients: the weights stay, the schedule advances
+        trainer.scheduler.step()
+    return lrs
+
+
+def test_lr_schedule_follows_the_closed_form_and_resumes(tmp_path):
+    _image_folder(str(tmp_path / "data"), {"train": {"a": 4, "b": 4}, "val": {"a": 1}})
+    max_iter, warmup, factor = 10, 3, 0.1  # CLS.EPOCHS 5 of 2 steps replaces SOLVER.MAX_ITER 4
+
+    def trainer_for(**extra):
+        cfg = get_pretrain_cfg()
+        cfg.merge_from_list(_tiny_overrides(tmp_path / "out", "", **{
+            "CLS.DATA.ROOT": str(tmp_path / "data"), "CLS.DATA.TRAIN_SPLIT": "train",
+            "CLS.DATA.VAL_SPLIT": "val", "CLS.EPOCHS": 5, "CLS.EMA.ENABLED": False,
+            "SOLVER.WARMUP_ITERS": warmup, "SOLVER.WARMUP_FACTOR": factor, **extra}))
+        cfg.freeze()
+        return ClassificationTrainer(cfg)
+
+    base = 0.1 * 4 / 256
+    cosine = [_reference_lr(t, base, max_iter, warmup, factor,
+                            lambda s: 0.5 * (1.0 + math.cos(math.pi * s / max_iter)))
+              for t in range(max_iter)]
+    trainer = trainer_for()
+    assert trainer.max_iter == max_iter
+    assert _lrs(trainer, 4) == pytest.approx(cosine[:4], rel=1e-9)
+    # A run resumed from the checkpoint of step 4 uses the LRs the uninterrupted one uses.
+    trainer.save_checkpoint(4, "model_0000004")
+    resumed = trainer_for()
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    assert _lrs(resumed, 6) == pytest.approx(cosine[4:], rel=1e-9)
+    assert _lrs(trainer, 6) == pytest.approx(cosine[4:], rel=1e-9)
+
+    step = trainer_for(**{"SOLVER.LR_SCHEDULER_NAME": "WarmupMultiStepLR",
+                          "SOLVER.STEPS": (6, 8), "SOLVER.GAMMA": 0.5})
+    multistep = [_reference_lr(t, base, max_iter, warmup, factor,
+                               lambda s: 0.5 ** ((s >= 6) + (s >= 8)))
+                 for t in range(max_iter)]
+    assert _lrs(step, max_iter) == pytest.approx(multistep, rel=1e-9)
+    with pytest.raises(ValueError, match="Unknown LR scheduler: Linear"):
+        trainer_for(**{"SOLVER.LR_SCHEDULER_NAME": "Linear"})
 
 
 @pytest.mark.slow
