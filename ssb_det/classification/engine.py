@@ -2,8 +2,10 @@
 
 The loop is iteration-based like Detectron2's trainers: ``SOLVER.MAX_ITER`` steps (or
 ``CLS.EPOCHS`` epochs), a checkpoint every ``SOLVER.CHECKPOINT_PERIOD`` steps, an evaluation
-every ``TEST.EVAL_PERIOD`` steps and at the end. Rank 0 writes ``metrics.json`` (one JSON
-object per line), TensorBoard events and the checkpoints into ``OUTPUT_DIR``.
+every ``TEST.EVAL_PERIOD`` steps and at the end. The LR follows Detectron2's
+``build_lr_scheduler``; metrics go through Detectron2's ``EventStorage`` and writers (rank 0:
+progress line, ``metrics.json``, TensorBoard events in ``OUTPUT_DIR``, where the checkpoints
+go too). ``iteration`` in ``metrics.json`` and checkpoint names counts finished steps.
 
 Determinism: the data order is a function of ``SEED`` and the step (see
 :class:`InfiniteShardedSampler`), and the global RNG is reseeded from ``(SEED, step, rank)``
@@ -21,6 +23,8 @@ import torch
 import torch.distributed as dist
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params
+from detectron2.utils.events import (CommonMetricPrinter, EventStorage, JSONWriter,
+                                     TensorboardXWriter)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -192,42 +196,6 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
     return path
 
 
-class _MetricsWriter:
-    """Rank 0: ``metrics.json`` lines, TensorBoard scalars and a progress line with ETA."""
-
-    def __init__(self, output_dir: str, enabled: bool):
-        self.enabled = enabled
-        self.path = os.path.join(output_dir, "metrics.json")
-        self._tb = None
-        self._tb_dir = output_dir
-
-    def write(self, step: int, metrics: Dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(dict(metrics, iteration=step), sort_keys=True) + "\n")
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(self._tb_dir)
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.add_scalar(key, value, step)
-
-    def close(self):
-        if self._tb is not None:
-            self._tb.close()
-
-
-def _progress_line(step, max_iter, metrics, eta_s):
-    width = 20
-    filled = int(width * step / max_iter)
-    eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, eta_s)))
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{max_iter} "
-            f"({100.0 * step / max_iter:.0f}%)  loss {metrics['loss']:.4f}  "
-            f"lr {metrics['lr']:.4g}  {metrics['images_per_s']:.1f} img/s  eta {eta}")
-
-
 class ClassificationTrainer:
     """Pretrains an SSB-ResNet(-RS) classifier with the ResNet-RS recipe (one DDP rank).
 
@@ -291,7 +259,6 @@ class ClassificationTrainer:
         self.output_dir = cfg.OUTPUT_DIR
         if self.rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-        self.writer = _MetricsWriter(self.output_dir, self.rank == 0)
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -372,6 +339,19 @@ class ClassificationTrainer:
                            evaluate(self.ema.module, self.val_set, self.cfg, self.device).items()})
         return result
 
+    def build_writers(self):
+        """Detectron2's writers of rank 0: progress line, ``metrics.json``, TensorBoard."""
+        if self.rank != 0:
+            return []
+        return [
+            # storage.iter counts finished steps (as metrics.json and checkpoint names always
+            # have); the printer counts from 0, hence max_iter + 1 for its ETA and last line.
+            # Window 1: the scalars are already means over the log period and the processes.
+            CommonMetricPrinter(self.max_iter + 1, window_size=1),
+            JSONWriter(os.path.join(self.output_dir, "metrics.json")),
+            TensorboardXWriter(self.output_dir),
+        ]
+
     def train(self) -> Dict:
         """Run from ``start_iter`` to the last iteration; returns the final evaluation."""
         cfg = self.cfg
@@ -387,14 +367,43 @@ class ClassificationTrainer:
         logger.info(f"training {self.max_iter} iterations from {self.start_iter}: "
                     f"{self.world_size} process(es) x {self.batch_size} images, "
                     f"lr {self.base_lr:.4g}, {len(self.train_set)} training images")
+        writers = self.build_writers()
+        try:
+            with EventStorage(self.start_iter) as storage:
+                self._train_steps(data, storage, writers)
+                if self.start_iter >= self.max_iter:
+                    logger.info(f"nothing to train: the checkpoint is at iteration "
+                                f"{self.start_iter} of {self.max_iter}")
+                else:
+                    self.save_checkpoint(self.max_iter, "model_final")
+                result = self.evaluate()
+                # Onto the last step's line: storage.iter is still max_iter, and Detectron2's
+                # writers write an iteration once.
+                storage.put_scalars(**{f"val/{k}": v for k, v in result.items()},
+                                    smoothing_hint=False)
+                for writer in writers:
+                    writer.write()
+        finally:
+            for writer in writers:
+                writer.close()
+        result["samples_seen"] = self.samples_seen
+        if self.rank == 0:
+            logger.info(f"final evaluation: {json.dumps(result)}")
+        return result
+
+    def _train_steps(self, data, storage: EventStorage, writers) -> None:
+        cfg = self.cfg
         start_time, start_step = time.perf_counter(), self.start_iter
-        local_samples = 0
-        losses = []
+        local_samples, losses = 0, []
+        step_time = data_time = 0.0
+        timed_steps = 0
         for step in range(self.start_iter, self.max_iter):
+            step_start = time.perf_counter()
             # Reseed per step: dropout, stochastic depth and (with workers=0) augmentation
             # depend only on (SEED, step, rank), so a resumed run retraces the same steps.
             torch.manual_seed((self.seed * 1_000_003 + step) * 1009 + self.rank)
             images, labels = next(data)
+            data_time += time.perf_counter() - step_start
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             lr = self.optimizer.param_groups[0]["lr"]  # every group has the same LR
@@ -412,42 +421,37 @@ class ClassificationTrainer:
                 self.ema.update(self.model)
             local_samples += labels.numel()
             losses.append(loss.item())
+            step_time += time.perf_counter() - step_start
+            timed_steps += 1
             done = step + 1
+            storage.iter = done
             last = done == self.max_iter
             log_now = done % cfg.CLS.LOG_PERIOD == 0 or last
             ckpt_now = done % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last
             eval_now = cfg.TEST.EVAL_PERIOD > 0 and done % cfg.TEST.EVAL_PERIOD == 0 and not last
-            if log_now or ckpt_now or eval_now:
-                loss_sum, n_losses, new_samples = _all_reduce_sum(
-                    [sum(losses), len(losses), local_samples], self.device)
-                self.samples_seen += int(new_samples)
-                local_samples, losses = 0, []
+            if not (log_now or ckpt_now or eval_now):
+                continue
+            loss_sum, n_losses, new_samples = _all_reduce_sum(
+                [sum(losses), len(losses), local_samples], self.device)
+            self.samples_seen += int(new_samples)
+            local_samples, losses = 0, []
+            if log_now:
                 elapsed = time.perf_counter() - start_time
-                metrics = {"loss": loss_sum / n_losses, "lr": lr,
-                           "samples_seen": self.samples_seen,
-                           "images_per_s": (done - start_step) * cfg.SOLVER.IMS_PER_BATCH / elapsed}
-                if log_now:
-                    eta = elapsed / (done - start_step) * (self.max_iter - done)
-                    if self.rank == 0:
-                        logger.info(_progress_line(done, self.max_iter, metrics, eta))
-                    self.writer.write(done, metrics)
-                if eval_now:
-                    result = self.evaluate()
-                    self.writer.write(done, {f"val/{k}": v for k, v in result.items()})
-                    if self.rank == 0:
-                        logger.info(f"iteration {done}: {json.dumps(result)}")
-                if ckpt_now:
-                    self.save_checkpoint(done, f"model_{done:07d}")
-        if self.start_iter >= self.max_iter:
-            logger.info(f"nothing to train: the checkpoint is at iteration {self.start_iter} of "
-                        f"{self.max_iter}")
-        else:
-            self.save_checkpoint(self.max_iter, "model_final")
-        result = self.evaluate()
-        result["samples_seen"] = self.samples_seen
-        self.writer.write(max(self.max_iter, self.start_iter),
-                          {f"val/{k}": v for k, v in result.items() if k != "samples_seen"})
-        self.writer.close()
-        if self.rank == 0:
-            logger.info(f"final evaluation: {json.dumps(result)}")
-        return result
+                storage.put_scalars(
+                    loss=loss_sum / n_losses, lr=lr, samples_seen=self.samples_seen,
+                    images_per_s=(done - start_step) * cfg.SOLVER.IMS_PER_BATCH / elapsed,
+                    time=step_time / timed_steps, data_time=data_time / timed_steps,
+                    smoothing_hint=False)
+                step_time = data_time = 0.0
+                timed_steps = 0
+            if eval_now:
+                result = self.evaluate()
+                storage.put_scalars(**{f"val/{k}": v for k, v in result.items()},
+                                    smoothing_hint=False)
+                if self.rank == 0:
+                    logger.info(f"iteration {done}: {json.dumps(result)}")
+            if ckpt_now:
+                self.save_checkpoint(done, f"model_{done:07d}")
+            if (log_now or eval_now) and not last:  # the last line waits for the final evaluation
+                for writer in writers:
+                    writer.write()
