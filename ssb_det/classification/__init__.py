@@ -10,7 +10,7 @@ from .data import (ImageFolderDataset, InfiniteShardedSampler, ShardedEvalSample
                    build_datasets, build_embedded_split)
 from .ema import ModelEMA
 from .engine import (ClassificationTrainer, evaluate, export_d2_backbone, last_checkpoint,
-                     load_classifier_weights, lr_at)
+                     load_classifier_weights)
 from .model import SSBResNetClassifier, build_classifier
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "export_d2_backbone",
     "last_checkpoint",
     "load_classifier_weights",
-    "lr_at",
     "SSBResNetClassifier",
     "build_classifier",
 ]

@@ -2,25 +2,29 @@
 
 The loop is iteration-based like Detectron2's trainers: ``SOLVER.MAX_ITER`` steps (or
 ``CLS.EPOCHS`` epochs), a checkpoint every ``SOLVER.CHECKPOINT_PERIOD`` steps, an evaluation
-every ``TEST.EVAL_PERIOD`` steps and at the end. Rank 0 writes ``metrics.json`` (one JSON
-object per line), TensorBoard events and the checkpoints into ``OUTPUT_DIR``.
+every ``TEST.EVAL_PERIOD`` steps and at the end. The LR follows Detectron2's
+``build_lr_scheduler``; metrics go through Detectron2's ``EventStorage`` and writers (rank 0:
+progress line, ``metrics.json``, TensorBoard events in ``OUTPUT_DIR``, where the checkpoints
+go too). ``iteration`` in ``metrics.json`` and checkpoint names counts finished steps.
 
 Determinism: the data order is a function of ``SEED`` and the step (see
 :class:`InfiniteShardedSampler`), and the global RNG is reseeded from ``(SEED, step, rank)``
 before every step, so with ``DATALOADER.NUM_WORKERS 0`` a resumed run continues exactly as an
 uninterrupted one would (on the same machine and thread count).
 """
-import bisect
 import glob
 import json
 import logging
-import math
 import os
 import time
 from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
+from detectron2.solver import build_lr_scheduler
+from detectron2.solver.build import get_default_optimizer_params
+from detectron2.utils.events import (CommonMetricPrinter, EventStorage, JSONWriter,
+                                     TensorboardXWriter)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,16 +37,12 @@ from .model import BACKBONE_PREFIX, SSBResNetClassifier, build_classifier
 __all__ = [
     "ClassificationTrainer",
     "evaluate",
-    "lr_at",
     "load_classifier_weights",
     "export_d2_backbone",
     "last_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
-
-LR_SCHEDULERS = ("WarmupCosineLR", "WarmupMultiStepLR")
-
 
 def _world():
     if dist.is_available() and dist.is_initialized():
@@ -55,33 +55,6 @@ def _all_reduce_sum(values, device):
     if _world()[1] > 1:
         dist.all_reduce(t)
     return t.tolist()
-
-
-def lr_at(cfg, step: int, max_iter: int, base_lr: float) -> float:
-    """Learning rate of step ``step`` (0-based): linear warmup times cosine or step decay.
-
-    Same formulas as Detectron2's ``WarmupCosineLR`` / ``WarmupMultiStepLR`` (linear warmup
-    from ``WARMUP_FACTOR`` over ``WARMUP_ITERS``).
-
-    Args:
-        cfg (CfgNode): ``SOLVER.{LR_SCHEDULER_NAME,WARMUP_ITERS,WARMUP_FACTOR,STEPS,GAMMA}``.
-        step (int): the step about to run.
-        max_iter (int): total steps.
-        base_lr (float): peak learning rate.
-    """
-    s = cfg.SOLVER
-    if s.LR_SCHEDULER_NAME == "WarmupCosineLR":
-        decay = 0.5 * (1.0 + math.cos(math.pi * step / max_iter))
-    elif s.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
-        decay = s.GAMMA ** bisect.bisect_right(list(s.STEPS), step)
-    else:
-        raise ValueError(f"SOLVER.LR_SCHEDULER_NAME={s.LR_SCHEDULER_NAME!r}: classification "
-                         f"pretraining supports {LR_SCHEDULERS}")
-    warmup = 1.0
-    if step < s.WARMUP_ITERS:
-        alpha = step / s.WARMUP_ITERS
-        warmup = s.WARMUP_FACTOR * (1.0 - alpha) + alpha
-    return base_lr * decay * warmup
 
 
 def _autocast(cfg, device: torch.device):
@@ -223,42 +196,6 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
     return path
 
 
-class _MetricsWriter:
-    """Rank 0: ``metrics.json`` lines, TensorBoard scalars and a progress line with ETA."""
-
-    def __init__(self, output_dir: str, enabled: bool):
-        self.enabled = enabled
-        self.path = os.path.join(output_dir, "metrics.json")
-        self._tb = None
-        self._tb_dir = output_dir
-
-    def write(self, step: int, metrics: Dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(dict(metrics, iteration=step), sort_keys=True) + "\n")
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(self._tb_dir)
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.add_scalar(key, value, step)
-
-    def close(self):
-        if self._tb is not None:
-            self._tb.close()
-
-
-def _progress_line(step, max_iter, metrics, eta_s):
-    width = 20
-    filled = int(width * step / max_iter)
-    eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, eta_s)))
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{max_iter} "
-            f"({100.0 * step / max_iter:.0f}%)  loss {metrics['loss']:.4f}  "
-            f"lr {metrics['lr']:.4g}  {metrics['images_per_s']:.1f} img/s  eta {eta}")
-
-
 class ClassificationTrainer:
     """Pretrains an SSB-ResNet(-RS) classifier with the ResNet-RS recipe (one DDP rank).
 
@@ -288,7 +225,6 @@ class ClassificationTrainer:
                              "CLS.EPOCHS)")
         ref = cfg.CLS.LR_REFERENCE_BATCH
         self.base_lr = cfg.SOLVER.BASE_LR * (cfg.SOLVER.IMS_PER_BATCH / ref if ref > 0 else 1.0)
-        lr_at(cfg, 0, self.max_iter, self.base_lr)  # validates the scheduler name early
 
         torch.manual_seed(self.seed)  # the same initial weights on every rank
         model = build_classifier(cfg, num_classes).to(self.device)
@@ -296,14 +232,18 @@ class ClassificationTrainer:
                               else torch.contiguous_format)
         model = model.to(memory_format=self.memory_format)
         self.model = model
-        from detectron2.solver.build import get_default_optimizer_params
-
         params = get_default_optimizer_params(
             model, base_lr=self.base_lr, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
         self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=cfg.SOLVER.MOMENTUM,
                                          nesterov=cfg.SOLVER.NESTEROV)
+        # Detectron2's scheduler (fvcore warm-up + cosine / multi-step schedule) over max_iter,
+        # which CLS.EPOCHS may have set; it sets the optimizer's LR to that of step 0.
+        schedule_cfg = cfg.clone()
+        schedule_cfg.defrost()
+        schedule_cfg.SOLVER.MAX_ITER = self.max_iter
+        self.scheduler = build_lr_scheduler(schedule_cfg, self.optimizer)
         self.ema = ModelEMA(model, cfg.CLS.EMA.DECAY) if cfg.CLS.EMA.ENABLED else None
         use_scaler = (cfg.SOLVER.AMP.ENABLED and cfg.CLS.AMP_DTYPE == "float16"
                       and self.device.type == "cuda")
@@ -319,7 +259,6 @@ class ClassificationTrainer:
         self.output_dir = cfg.OUTPUT_DIR
         if self.rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-        self.writer = _MetricsWriter(self.output_dir, self.rank == 0)
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -345,6 +284,12 @@ class ClassificationTrainer:
                 self.scaler.load_state_dict(ckpt["scaler"])
             self.start_iter = int(ckpt["iteration"])
             self.samples_seen = int(ckpt["samples_seen"])
+            # The schedule is a function of the iteration alone (fvcore schedules keep no state),
+            # so it is placed at the checkpoint's iteration instead of being checkpointed; this
+            # also gives the next step the LR an uninterrupted run would use.
+            self.scheduler.last_epoch = self.start_iter
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+                group["lr"] = lr
             logger.info(f"resumed from {path} at iteration {self.start_iter}")
         elif self.cfg.MODEL.WEIGHTS:
             report, head_loaded = load_classifier_weights(self.model, self.cfg.MODEL.WEIGHTS)
@@ -394,6 +339,19 @@ class ClassificationTrainer:
                            evaluate(self.ema.module, self.val_set, self.cfg, self.device).items()})
         return result
 
+    def build_writers(self):
+        """Detectron2's writers of rank 0: progress line, ``metrics.json``, TensorBoard."""
+        if self.rank != 0:
+            return []
+        return [
+            # storage.iter counts finished steps (as metrics.json and checkpoint names always
+            # have); the printer counts from 0, hence max_iter + 1 for its ETA and last line.
+            # Window 1: the scalars are already means over the log period and the processes.
+            CommonMetricPrinter(self.max_iter + 1, window_size=1),
+            JSONWriter(os.path.join(self.output_dir, "metrics.json")),
+            TensorboardXWriter(self.output_dir),
+        ]
+
     def train(self) -> Dict:
         """Run from ``start_iter`` to the last iteration; returns the final evaluation."""
         cfg = self.cfg
@@ -409,19 +367,46 @@ class ClassificationTrainer:
         logger.info(f"training {self.max_iter} iterations from {self.start_iter}: "
                     f"{self.world_size} process(es) x {self.batch_size} images, "
                     f"lr {self.base_lr:.4g}, {len(self.train_set)} training images")
+        writers = self.build_writers()
+        try:
+            with EventStorage(self.start_iter) as storage:
+                self._train_steps(data, storage, writers)
+                if self.start_iter >= self.max_iter:
+                    logger.info(f"nothing to train: the checkpoint is at iteration "
+                                f"{self.start_iter} of {self.max_iter}")
+                else:
+                    self.save_checkpoint(self.max_iter, "model_final")
+                result = self.evaluate()
+                # Onto the last step's line: storage.iter is still max_iter, and Detectron2's
+                # writers write an iteration once.
+                storage.put_scalars(**{f"val/{k}": v for k, v in result.items()},
+                                    smoothing_hint=False)
+                for writer in writers:
+                    writer.write()
+        finally:
+            for writer in writers:
+                writer.close()
+        result["samples_seen"] = self.samples_seen
+        if self.rank == 0:
+            logger.info(f"final evaluation: {json.dumps(result)}")
+        return result
+
+    def _train_steps(self, data, storage: EventStorage, writers) -> None:
+        cfg = self.cfg
         start_time, start_step = time.perf_counter(), self.start_iter
-        local_samples = 0
-        losses = []
+        local_samples, losses = 0, []
+        step_time = data_time = 0.0
+        timed_steps = 0
         for step in range(self.start_iter, self.max_iter):
+            step_start = time.perf_counter()
             # Reseed per step: dropout, stochastic depth and (with workers=0) augmentation
             # depend only on (SEED, step, rank), so a resumed run retraces the same steps.
             torch.manual_seed((self.seed * 1_000_003 + step) * 1009 + self.rank)
             images, labels = next(data)
+            data_time += time.perf_counter() - step_start
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
-            lr = lr_at(cfg, step, self.max_iter, self.base_lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = self.optimizer.param_groups[0]["lr"]  # every group has the same LR
             with _autocast(cfg, self.device):
                 logits = self.ddp_model(images)
             loss = self.criterion(logits.float(), labels)
@@ -431,46 +416,42 @@ class ClassificationTrainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
             local_samples += labels.numel()
             losses.append(loss.item())
+            step_time += time.perf_counter() - step_start
+            timed_steps += 1
             done = step + 1
+            storage.iter = done
             last = done == self.max_iter
             log_now = done % cfg.CLS.LOG_PERIOD == 0 or last
             ckpt_now = done % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last
             eval_now = cfg.TEST.EVAL_PERIOD > 0 and done % cfg.TEST.EVAL_PERIOD == 0 and not last
-            if log_now or ckpt_now or eval_now:
-                loss_sum, n_losses, new_samples = _all_reduce_sum(
-                    [sum(losses), len(losses), local_samples], self.device)
-                self.samples_seen += int(new_samples)
-                local_samples, losses = 0, []
+            if not (log_now or ckpt_now or eval_now):
+                continue
+            loss_sum, n_losses, new_samples = _all_reduce_sum(
+                [sum(losses), len(losses), local_samples], self.device)
+            self.samples_seen += int(new_samples)
+            local_samples, losses = 0, []
+            if log_now:
                 elapsed = time.perf_counter() - start_time
-                metrics = {"loss": loss_sum / n_losses, "lr": lr,
-                           "samples_seen": self.samples_seen,
-                           "images_per_s": (done - start_step) * cfg.SOLVER.IMS_PER_BATCH / elapsed}
-                if log_now:
-                    eta = elapsed / (done - start_step) * (self.max_iter - done)
-                    if self.rank == 0:
-                        logger.info(_progress_line(done, self.max_iter, metrics, eta))
-                    self.writer.write(done, metrics)
-                if eval_now:
-                    result = self.evaluate()
-                    self.writer.write(done, {f"val/{k}": v for k, v in result.items()})
-                    if self.rank == 0:
-                        logger.info(f"iteration {done}: {json.dumps(result)}")
-                if ckpt_now:
-                    self.save_checkpoint(done, f"model_{done:07d}")
-        if self.start_iter >= self.max_iter:
-            logger.info(f"nothing to train: the checkpoint is at iteration {self.start_iter} of "
-                        f"{self.max_iter}")
-        else:
-            self.save_checkpoint(self.max_iter, "model_final")
-        result = self.evaluate()
-        result["samples_seen"] = self.samples_seen
-        self.writer.write(max(self.max_iter, self.start_iter),
-                          {f"val/{k}": v for k, v in result.items() if k != "samples_seen"})
-        self.writer.close()
-        if self.rank == 0:
-            logger.info(f"final evaluation: {json.dumps(result)}")
-        return result
+                storage.put_scalars(
+                    loss=loss_sum / n_losses, lr=lr, samples_seen=self.samples_seen,
+                    images_per_s=(done - start_step) * cfg.SOLVER.IMS_PER_BATCH / elapsed,
+                    time=step_time / timed_steps, data_time=data_time / timed_steps,
+                    smoothing_hint=False)
+                step_time = data_time = 0.0
+                timed_steps = 0
+            if eval_now:
+                result = self.evaluate()
+                storage.put_scalars(**{f"val/{k}": v for k, v in result.items()},
+                                    smoothing_hint=False)
+                if self.rank == 0:
+                    logger.info(f"iteration {done}: {json.dumps(result)}")
+            if ckpt_now:
+                self.save_checkpoint(done, f"model_{done:07d}")
+            if (log_now or eval_now) and not last:  # the last line waits for the final evaluation
+                for writer in writers:
+                    writer.write()

@@ -140,15 +140,18 @@ def main(argv=None) -> Optional[Dict]:
     device = _device(cfg)
     created = _init_distributed(device)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    # setup_logger adds handlers for each new OUTPUT_DIR; remove ours on return, so repeated
-    # in-process runs (benchmark, tests) do not print every line once per earlier run.
-    package_logger = logging.getLogger("ssb_det")
-    handlers_before = list(package_logger.handlers)
+    # Ours and Detectron2's (its CommonMetricPrinter prints the progress lines), as its
+    # default_setup does. setup_logger adds handlers for each new OUTPUT_DIR; remove ours on
+    # return, so repeated in-process runs (benchmark, tests) do not print every line once per
+    # earlier run.
+    loggers = [logging.getLogger(name) for name in ("ssb_det", "detectron2")]
+    handlers_before = {log.name: list(log.handlers) for log in loggers}
     try:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        # Past the lru_cache, which would skip re-adding the handlers removed below.
-        getattr(setup_logger, "__wrapped__", setup_logger)(
-            cfg.OUTPUT_DIR, distributed_rank=rank, name="ssb_det")
+        for log in loggers:
+            # Past the lru_cache, which would skip re-adding the handlers removed below.
+            getattr(setup_logger, "__wrapped__", setup_logger)(
+                cfg.OUTPUT_DIR, distributed_rank=rank, name=log.name)
         if rank == 0:
             atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
             logger.info(f"config:\n{cfg.dump()}")
@@ -171,9 +174,10 @@ def main(argv=None) -> Optional[Dict]:
             logger.info(f"exported {n} backbone tensors to {args.export_d2}")
         return result
     finally:
-        for handler in package_logger.handlers[:]:
-            if handler not in handlers_before:
-                # Not closed: Detectron2 caches the log file's stream for later runs.
-                package_logger.removeHandler(handler)
+        for log in loggers:
+            for handler in log.handlers[:]:
+                if handler not in handlers_before[log.name]:
+                    # Not closed: Detectron2 caches the log file's stream for later runs.
+                    log.removeHandler(handler)
         if created:
             dist.destroy_process_group()
