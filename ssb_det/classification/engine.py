@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import atomic_torch_save, atomic_write_text, load_pth
 from ..convert import load_pretrained_backbone, save_d2_checkpoint
+from ..engine.sampling_log import sampling_statistics_logged
 from .data import InfiniteShardedSampler, ShardedEvalSampler, build_datasets
 from .ema import ModelEMA
 from .model import BACKBONE_PREFIX, SSBResNetClassifier, build_classifier
@@ -370,7 +371,8 @@ class ClassificationTrainer:
         writers = self.build_writers()
         try:
             with EventStorage(self.start_iter) as storage:
-                self._train_steps(data, storage, writers)
+                with sampling_statistics_logged(self.model):  # ssb/<block>/kl, density_ratio
+                    self._train_steps(data, storage, writers)
                 if self.start_iter >= self.max_iter:
                     logger.info(f"nothing to train: the checkpoint is at iteration "
                                 f"{self.start_iter} of {self.max_iter}")
@@ -399,6 +401,8 @@ class ClassificationTrainer:
         timed_steps = 0
         for step in range(self.start_iter, self.max_iter):
             step_start = time.perf_counter()
+            # Before the forward: the sampling statistics it logs belong to this step's line.
+            storage.iter = step + 1
             # Reseed per step: dropout, stochastic depth and (with workers=0) augmentation
             # depend only on (SEED, step, rank), so a resumed run retraces the same steps.
             torch.manual_seed((self.seed * 1_000_003 + step) * 1009 + self.rank)
@@ -424,7 +428,6 @@ class ClassificationTrainer:
             step_time += time.perf_counter() - step_start
             timed_steps += 1
             done = step + 1
-            storage.iter = done
             last = done == self.max_iter
             log_now = done % cfg.CLS.LOG_PERIOD == 0 or last
             ckpt_now = done % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last

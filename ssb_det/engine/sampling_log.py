@@ -1,12 +1,15 @@
 """Log how far each SSB block's learned sampling is from uniform while training.
 
-``SamplingStatsHook`` is a Detectron2 training hook: for the duration of training it puts
-forward hooks on the model's saliency samplers; each training-mode forward then adds
-``ssb/<block>/kl`` and ``ssb/<block>/density_ratio`` (batch means, see
-:mod:`ssb_det.layers.sampling_stats`) to the trainer's ``EventStorage``, from where
-Detectron2's writers put them in ``metrics.json`` and TensorBoard. Nothing is written onto
-the model; samplers in eval mode (evaluation during training) are not logged.
+:func:`sampling_statistics_logged` puts forward hooks on a model's saliency samplers for
+the duration of a ``with`` block; each training-mode forward then adds ``ssb/<block>/kl``
+and ``ssb/<block>/density_ratio`` (batch means, see :mod:`ssb_det.layers.sampling_stats`)
+to the current ``EventStorage``, from where Detectron2's writers put them in
+``metrics.json`` and TensorBoard. Detection training uses it through
+:class:`SamplingStatsHook`, classification pretraining around its loop. Nothing is written
+onto the model; samplers in eval mode (evaluation during training) are not logged.
 """
+import contextlib
+
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils.events import get_event_storage
@@ -14,33 +17,42 @@ from detectron2.utils.events import get_event_storage
 from ..layers.sampling_stats import separable_statistics
 from ..modeling.blocks import learned_ssb_blocks
 
-__all__ = ["SamplingStatsHook"]
+__all__ = ["sampling_statistics_logged", "SamplingStatsHook"]
+
+
+@contextlib.contextmanager
+def sampling_statistics_logged(model: torch.nn.Module):
+    """Within the block, training forwards of ``model`` log its sampling statistics."""
+    handles = [block.sampler.register_forward_hook(_logger(name))
+               for name, block in learned_ssb_blocks(model).items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _logger(name: str):
+    def log(module, inputs, grid):
+        if not module.training:
+            return
+        with torch.no_grad():
+            kl, ratio = separable_statistics(grid.knots_y, grid.knots_x)
+        get_event_storage().put_scalars(**{
+            f"ssb/{name}/kl": float(kl.mean()),
+            f"ssb/{name}/density_ratio": float(ratio.mean()),
+        })
+    return log
 
 
 class SamplingStatsHook(HookBase):
-    """Put the sampling statistics of every SSB block into the ``EventStorage``."""
+    """Detectron2 training hook: :func:`sampling_statistics_logged` for the whole training."""
 
     def __init__(self):
-        self._handles = []
+        self._logging = contextlib.ExitStack()
 
     def before_train(self):
-        for name, block in learned_ssb_blocks(self.trainer.model).items():
-            self._handles.append(block.sampler.register_forward_hook(self._logger(name)))
+        self._logging.enter_context(sampling_statistics_logged(self.trainer.model))
 
     def after_train(self):
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    @staticmethod
-    def _logger(name: str):
-        def log(module, inputs, grid):
-            if not module.training:
-                return
-            with torch.no_grad():
-                kl, ratio = separable_statistics(grid.knots_y, grid.knots_x)
-            get_event_storage().put_scalars(**{
-                f"ssb/{name}/kl": float(kl.mean()),
-                f"ssb/{name}/density_ratio": float(ratio.mean()),
-            })
-        return log
+        self._logging.close()

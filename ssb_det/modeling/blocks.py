@@ -207,8 +207,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
 
 def learned_ssb_blocks(model: torch.nn.Module):
     """``{name: block}`` of every SSB block of ``model`` with a learned (non-uniform)
-    saliency, named as in a checkpoint without the backbone prefix, e.g. ``"res3.1"``
-    (a ``DistributedDataParallel`` wrapper is looked through)."""
-    model = getattr(model, "module", model)
-    return {name.split("bottom_up.")[-1]: m for name, m in model.named_modules()
+    saliency, named by stage and index whatever the model around the backbone (a detector's
+    ``backbone.bottom_up.``, a classifier's ``backbone.``, a ``DistributedDataParallel``
+    wrapper), e.g. ``"res3.1"``."""
+    return {".".join(name.split(".")[-2:]): m for name, m in model.named_modules()
             if isinstance(m, SSBBottleneckBlock) and not m.sampler.uniform}

@@ -296,7 +296,14 @@ def test_imagefolder_training_runs(tmp_path):
     assert result["num_samples"] == 3 and result["samples_seen"] == 8
     assert math.isfinite(result["loss"])
     assert result["top5_k"] == 2  # top-k accuracy itself: test_evaluate_counts_top1_and_top5
-    assert [m["iteration"] for m in _metrics(tmp_path / "out") if "loss" in m] == [1, 2]
+    lines = [m for m in _metrics(tmp_path / "out") if "loss" in m]
+    assert [m["iteration"] for m in lines] == [1, 2]
+    # The sampling statistics of every learned SSB block, on each step's line (issue 11).
+    for m in lines:
+        blocks = {k.split("/")[1] for k in m if k.startswith("ssb/")}
+        assert {"res2.0", "res3.1", "res4.1"} <= blocks
+        for b in blocks:
+            assert m[f"ssb/{b}/density_ratio"] >= 1.0 and m[f"ssb/{b}/kl"] >= 0.0
 
 
 # ------------------------------------------------------------------ end to end
