@@ -116,7 +116,7 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
     out = {}
     for name, block in blocks.items():
         g_sal = block.sampler.saliency_conv.weight.grad
-        out[name] = dict(seen[name], weight_norm=float(block.sampler.saliency_conv.weight.norm()),
+        out[name] = dict(seen[name], weight_norm=float(block.sampler.saliency_conv.weight.detach().norm()),
                          grad_ratio=_rms(g_sal) / max(_rms(block.conv1.weight.grad), 1e-30))
     model.zero_grad(set_to_none=True)
     return out
