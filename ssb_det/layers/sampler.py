@@ -12,7 +12,7 @@ from .grid import SeparableGrid
 from .misc import SaliencyConv
 from .sampling_maps import (identity_knots, recasens_knots_1d, sampled_size,
                             valid_pooling_matrices)
-from .tensor_ops import to_grid_dtype
+from .tensor_ops import size_tensor, to_grid_dtype
 
 __all__ = ["SaliencySampler"]
 
@@ -122,7 +122,7 @@ class SaliencySampler(nn.Module):
         v = to_grid_dtype(torch.as_tensor(valid_size, device=device))
         if v.dim() != 2 or v.shape[1] != 2:
             raise ValueError(f"valid_size must have shape (N, 2), got {tuple(v.shape)}")
-        v = torch.minimum(v.round().clamp(min=1.0), v.new_tensor([H, W]))
+        v = torch.minimum(v.round().clamp(min=1.0), size_tensor((H, W), v))
         out = torch.floor(v * self.ratio + 0.5).clamp(min=1.0)  # sampled_size, per image
         return v, out
 

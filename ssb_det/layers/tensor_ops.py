@@ -1,8 +1,8 @@
 """Small tensor helpers shared by the sampling files: the grid's dtype, "are gradients
-needed", and the residual add + ReLU into the caller's own tensor."""
+needed", sizes as a tensor, and the residual add + ReLU into the caller's own tensor."""
 import torch
 
-__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "add_relu_"]
+__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "size_tensor", "add_relu_"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -24,6 +24,16 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd records an op on ``tensors``: grad mode on and one of them requires
     a gradient."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
+    """``(len(sizes),)`` tensor of the sizes, in ``like``'s dtype and device.
+
+    Made with ``new_full`` per entry, not ``new_tensor``: under ``torch.export`` with dynamic
+    shapes a size is a ``torch.SymInt``, which ``new_tensor`` fixes to the example's value
+    and ``new_full`` records in the graph.
+    """
+    return torch.stack([like.new_full((), s) for s in sizes])
 
 
 def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
