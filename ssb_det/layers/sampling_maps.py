@@ -25,7 +25,6 @@ MPS), whatever the features' dtype, so reduced precision and extreme saliency lo
 make them leave the image or turn non-finite.
 """
 import functools
-import math
 
 import torch
 
@@ -53,10 +52,12 @@ def sampled_size(size: int, ratio: float) -> int:
     """Length of a sampled axis: ``round(ratio * size)`` (half up), at least 1.
 
     ``size`` may be a symbolic size (``torch.SymInt``, under ``torch.export`` with dynamic
-    shapes): ``math.floor`` and ``torch.sym_max`` then record the same float maths in the
-    graph instead of fixing the result (on ints they are ``math.floor`` and ``max``).
+    shapes): ``torch.sym_int`` and ``torch.sym_max`` then record the same float maths in the
+    graph instead of fixing the result (on plain numbers they are ``int`` and ``max``, and
+    ``sym_int``'s truncation is the floor here, the value being positive; ``math.floor``
+    would not serialize in a saved program).
     """
-    return torch.sym_max(1, math.floor(ratio * size + 0.5))
+    return torch.sym_max(1, torch.sym_int(ratio * size + 0.5))
 
 
 def _pixel_centres(n: int, device, dtype=torch.float32) -> torch.Tensor:

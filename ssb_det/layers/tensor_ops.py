@@ -1,8 +1,12 @@
 """Small tensor helpers shared by the sampling files: the grid's dtype, "are gradients
-needed", sizes as a tensor, and the residual add + ReLU into the caller's own tensor."""
+needed", sizes as a tensor, autocast off, and the residual add + ReLU into the caller's own
+tensor."""
+import contextlib
+
 import torch
 
-__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "size_tensor", "add_relu_"]
+__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "size_tensor", "autocast_off",
+           "add_relu_"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -34,6 +38,18 @@ def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
     and ``new_full`` records in the graph.
     """
     return torch.stack([like.new_full((), s) for s in sizes])
+
+
+def autocast_off(device_type: str):
+    """A context that turns autocast off on ``device_type``; nothing when it is already off.
+
+    Entering ``torch.autocast(enabled=False)`` while autocast is off changes nothing in
+    eager mode, but ``torch.export`` records it as a ``wrap_with_autocast`` node, which
+    ``torch.export.save`` cannot serialize.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
