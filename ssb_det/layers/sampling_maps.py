@@ -190,7 +190,12 @@ def invert_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     n, k1 = knots.shape
     kk = k1 - 1
     tq = t.to(knots.dtype).expand(n, t.shape[-1]).contiguous()
-    idx = torch.searchsorted(knots.contiguous(), tq, right=True) - 1
+    if torch.compiler.is_compiling():
+        # The count of knots <= t, which is searchsorted(right=True) on sorted knots:
+        # ONNX (torch.onnx.export(dynamo=True)) has no searchsorted.
+        idx = (knots[:, None, :] <= tq[:, :, None]).sum(-1) - 1
+    else:
+        idx = torch.searchsorted(knots.contiguous(), tq, right=True) - 1
     idx = idx.clamp(0, kk - 1)
     lo = knots.gather(1, idx)
     hi = knots.gather(1, idx + 1)
