@@ -1,16 +1,22 @@
-"""Export SSB-ResNet backbones and detectors to TorchScript (trace) and ONNX, with parity checks.
+"""Export SSB-ResNet backbones and detectors (torch.export, TorchScript trace, ONNX), with
+parity checks.
 
 Detectron2 v0.6 cannot import ``detectron2.export`` (it needs caffe2), so this module uses
-PyTorch's own exporters, ``torch.jit.trace`` and ``torch.onnx.export`` (the TorchScript-based
-exporter, ``dynamo=False``: the dynamo exporter needs ``onnxscript``), around two thin
-wrappers: :class:`BackboneExport` (features as a tuple) and :class:`DetectorExport`
-(a ``GeneralizedRCNN`` on one image -> boxes, scores, classes[, masks]).
+PyTorch's own exporters around two thin wrappers: :class:`BackboneExport` (features as a
+tuple) and :class:`DetectorExport` (a ``GeneralizedRCNN`` on one image -> boxes, scores,
+classes[, masks]).
 
-Fixed input size. The SSB sampler computes its sampled size ``round(r * H)`` and its pixel
-lattices from the input size in Python, so a trace is valid for the traced ``H x W`` only.
-The TorchScript file is therefore a scripted guard that raises a clear error for another
-size (without it, a trace silently computes wrong features), and the ONNX graph has a
-static input shape (onnxruntime rejects other shapes). Export once per deployment size.
+Any input size: :func:`export_program` (``torch.export.export`` with dynamic height and
+width) records the sampled size ``round(r * H)`` and the sampling lattices as functions of
+the input size, so one program serves every size in its range (the backbone: SSB-ResNet
+and its FPN).
+
+Fixed input size: ``torch.jit.trace`` and the TorchScript-based ``torch.onnx.export``
+(``dynamo=False``: the dynamo exporter needs ``onnxscript``) record those sizes as
+constants, so a trace is valid for the traced ``H x W`` only. The TorchScript file is
+therefore a scripted guard that raises a clear error for another size (without it, a trace
+silently computes wrong features), and the ONNX graph has a static input shape
+(onnxruntime rejects other shapes). Export once per deployment size.
 
 ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all types). PyTorch's
 exporter lacks, gets wrong, or onnxruntime lacks kernels for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
@@ -45,6 +51,8 @@ from torch import nn
 
 __all__ = [
     "export_main",
+    "export_program",
+    "dynamic_size_dims",
     "export_parser",
     "MIN_OPSET",
     "DEFAULT_OPSET",
@@ -325,6 +333,73 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional
     return guarded
 
 
+def dynamic_size_dims(divisor: int = 1, min_size: int = 128, max_size: int = 2048):
+    """``(Dim, Dim)`` for height and width of a ``torch.export`` input: multiples of
+    ``divisor`` in ``[min_size, max_size]``.
+
+    Args:
+        divisor (int): the backbone's ``size_divisibility`` (32 for an FPN, whose top-down
+            additions need sizes divisible by its largest stride); 0 or 1: any size.
+        min_size, max_size (int): the range, multiples of ``divisor``.
+    """
+    from torch.export import Dim
+
+    divisor = max(int(divisor), 1)
+    if not (0 < min_size <= max_size) or min_size % divisor or max_size % divisor:
+        raise ValueError(f"the size range [{min_size}, {max_size}] must be non-empty, positive "
+                         f"and in multiples of {divisor}")
+    if divisor == 1:
+        return tuple(Dim(n, min=min_size, max=max_size) for n in ("height", "width"))
+    return tuple(divisor * Dim(n, min=min_size // divisor, max=max_size // divisor)
+                 for n in ("height_div", "width_div"))
+
+
+def export_program(wrapper: nn.Module, example: torch.Tensor, path: Optional[str] = None, *,
+                   min_size: int = 128, max_size: int = 2048):
+    """``torch.export.export`` of a :class:`BackboneExport` with dynamic height and width.
+
+    The program computes what eager PyTorch computes at every size in the range, in
+    multiples of 32 and of the backbone's ``size_divisibility`` (Detectron2 pads batches to
+    it; an FPN fails at other sizes, eager or not). A size outside the range fails
+    ``torch.export``'s input check (``Guard failed: x.size()[2] >= 64``). It is exported
+    under ``no_grad`` (inference).
+
+    Args:
+        wrapper (BackboneExport): in eval mode.
+        example (Tensor): ``(N, 3, H, W)``, a size inside the range.
+        path (str or None): where to save the ``.pt2`` file (``torch.export.save``).
+        min_size, max_size (int): range of height and width. The default minimum, 128,
+            leaves an FPN's stride-64 level (p6) at least 2 pixels: a program exported at a
+            larger size refuses a 1-pixel p6 (``Guard failed: ... // 64 != 1``). A
+            bottom-up SSB-ResNet also exports with 64.
+
+    Returns:
+        torch.export.ExportedProgram: call ``.module()`` on it to run it.
+    """
+    if not isinstance(wrapper, BackboneExport):
+        raise TypeError(f"export_program exports a BackboneExport (the backbone, FPN included); "
+                        f"got {type(wrapper).__name__}. Export detectors with export_torchscript "
+                        "or export_onnx (fixed size).")
+    # Multiples of 32, the ResNet's largest stride: every stage's size is then an exact
+    # H / stride, which torch.export's symbolic shapes can prove consistent (at other sizes
+    # it stops on unprovable guards such as (H - 1) % 4 != 0 from the strided convs).
+    divisor = math.lcm(32, int(getattr(wrapper.backbone, "size_divisibility", 0) or 1))
+    dims = dynamic_size_dims(divisor, min_size, max_size)
+    h, w = int(example.shape[-2]), int(example.shape[-1])
+    if h % divisor or w % divisor or not all(min_size <= v <= max_size for v in (h, w)):
+        raise ValueError(f"example size {h}x{w} must lie in [{min_size}, {max_size}] in "
+                         f"multiples of {divisor}")
+    with torch.no_grad():
+        program = torch.export.export(wrapper, (example,),
+                                      dynamic_shapes=({2: dims[0], 3: dims[1]},))
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    return program
+
+
 def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int = DEFAULT_OPSET,
                 input_name: str = "images") -> str:
     """Export ``wrapper`` to ONNX with a static input shape (that of ``example``).
@@ -393,7 +468,8 @@ def _example_input(cfg, model, what: str, size: Sequence[int], batch: int, seed:
 def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone", "detector"),
                        formats: Sequence[str] = ("torchscript", "onnx"),
                        input_size: Sequence[int] = (320, 448), batch: int = 1,
-                       opset: int = DEFAULT_OPSET, seed: int = 0) -> List[Dict]:
+                       opset: int = DEFAULT_OPSET, seed: int = 0,
+                       size_range: Sequence[int] = (128, 2048)) -> List[Dict]:
     """Build the model of ``cfg`` (weights from ``MODEL.WEIGHTS``), export it, check parity.
 
     Args:
@@ -403,24 +479,32 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
             ``detector.onnx`` are written.
         what (Sequence[str]): ``"backbone"`` (the model's backbone, FPN included) and/or
             ``"detector"`` (Faster/Mask R-CNN, batch 1).
-        formats (Sequence[str]): ``"torchscript"`` and/or ``"onnx"``.
+        formats (Sequence[str]): ``"export"`` (``torch.export`` with dynamic height/width,
+            ``backbone.pt2``; backbone only, checked also at a second size),
+            ``"torchscript"`` and/or ``"onnx"`` (fixed size).
         input_size (Sequence[int]): ``(H, W)`` of the example; rounded up to the backbone's
             size divisibility for ``"backbone"``.
         batch (int): batch size of the backbone example.
         opset (int): ONNX opset.
         seed (int): seed of the random example image.
+        size_range (Sequence[int]): ``(min, max)`` height and width of the ``"export"``
+            program (see :func:`export_program`).
 
     Returns:
-        list[dict]: one row per export: ``what``, ``format``, ``path``, ``outputs`` (names),
-        ``max_abs_diff`` (per output, vs eager PyTorch) and ``max_abs_ref`` (per output).
+        list[dict]: one row per export and checked input: ``what``, ``format``, ``path``,
+        ``outputs`` (names), ``input_shape``, ``max_abs_diff`` (per output, vs eager
+        PyTorch) and ``max_abs_ref`` (per output).
     """
     from detectron2.modeling import build_model
 
     from .checkpoint import SSBCheckpointer
 
-    unknown = set(what) - {"backbone", "detector"} | set(formats) - {"torchscript", "onnx"}
+    unknown = set(what) - {"backbone", "detector"} | set(formats) - {"export", "torchscript", "onnx"}
     if unknown:
         raise ValueError(f"unknown export targets/formats: {sorted(unknown)}")
+    if "export" in formats and "detector" in what:
+        raise ValueError("format 'export' (torch.export, dynamic size) covers the backbone only; "
+                         "export the detector with 'torchscript' or 'onnx' (fixed size)")
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         SSBCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -432,6 +516,18 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
         with torch.no_grad():
             reference = _as_tuple(wrapper(example))
         for fmt in formats:
+            if fmt == "export":
+                path = os.path.join(output_dir, f"{target}.pt2")
+                program = export_program(wrapper, example, path, min_size=size_range[0],
+                                         max_size=size_range[1])
+                # Also checked at a larger size: one program serves every size in its range.
+                h, w = example.shape[-2:]
+                other = _example_input(cfg, model, target, (h + 32, w + 64), batch, seed + 1)
+                for x in (example, other):
+                    with torch.no_grad():
+                        ref, out = _as_tuple(wrapper(x)), _as_tuple(program.module()(x))
+                    rows.append(_parity_row(target, fmt, path, wrapper, x, ref, out))
+                continue
             if fmt == "torchscript":
                 path = os.path.join(output_dir, f"{target}.pt")
                 module = export_torchscript(wrapper, example, path)
@@ -440,14 +536,17 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
             else:
                 path = export_onnx(wrapper, example, os.path.join(output_dir, f"{target}.onnx"), opset)
                 outputs = run_onnx(path, example)
-            diffs = max_abs_diffs(reference, outputs)
-            rows.append(dict(what=target, format=fmt, path=path, outputs=list(wrapper.output_names),
-                             input_shape=tuple(example.shape), max_abs_diff=diffs,
-                             max_abs_ref=[r.abs().max().item() if r.numel() else 0.0
-                                          for r in reference]))
-            logger.info(f"exported {target} to {path}: max |diff| vs eager "
-                        + ", ".join(f"{n} {d:.3g}" for n, d in zip(wrapper.output_names, diffs)))
+            rows.append(_parity_row(target, fmt, path, wrapper, example, reference, outputs))
     return rows
+
+
+def _parity_row(target, fmt, path, wrapper, example, reference, outputs) -> Dict:
+    diffs = max_abs_diffs(reference, outputs)
+    logger.info(f"exported {target} to {path}: max |diff| vs eager at {tuple(example.shape)} "
+                + ", ".join(f"{n} {d:.3g}" for n, d in zip(wrapper.output_names, diffs)))
+    return dict(what=target, format=fmt, path=path, outputs=list(wrapper.output_names),
+                input_shape=tuple(example.shape), max_abs_diff=diffs,
+                max_abs_ref=[r.abs().max().item() if r.numel() else 0.0 for r in reference])
 
 
 def export_parser():
@@ -461,11 +560,16 @@ def export_parser():
     parser.add_argument("--what", nargs="+", default=["backbone", "detector"],
                         choices=["backbone", "detector"])
     parser.add_argument("--format", nargs="+", default=["torchscript", "onnx"],
-                        choices=["torchscript", "onnx"])
+                        choices=["export", "torchscript", "onnx"],
+                        help="export: torch.export with dynamic height/width (backbone.pt2, "
+                             "backbone only); torchscript, onnx: fixed input size")
     parser.add_argument("--input-size", type=int, nargs=2, default=[320, 448], metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1, help="batch of the backbone export")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random example image")
+    parser.add_argument("--size-range", type=int, nargs=2, default=[128, 2048],
+                        metavar=("MIN", "MAX"),
+                        help="height/width range of the 'export' program (multiples of 32)")
     parser.add_argument("--json", help="also write the parity table to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
@@ -487,7 +591,7 @@ def export_main(argv=None) -> List[dict]:
     cfg.freeze()
     rows = export_from_config(cfg, args.output, what=args.what, formats=args.format,
                               input_size=args.input_size, batch=args.batch, opset=args.opset,
-                              seed=args.seed)
+                              seed=args.seed, size_range=args.size_range)
     for row in rows:
         diffs = ", ".join(f"{n} {d:.3g} (of max |x| {r:.3g})" for n, d, r in
                           zip(row["outputs"], row["max_abs_diff"], row["max_abs_ref"]))

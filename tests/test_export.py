@@ -1,5 +1,5 @@
-"""TorchScript and ONNX export of SSB backbones and detectors, with parity against eager
-PyTorch (onnxruntime for ONNX) (issue 6, "Export")."""
+"""torch.export, TorchScript and ONNX export of SSB backbones and detectors, with parity
+against eager PyTorch (onnxruntime for ONNX) (issues 6 and 13, "Export")."""
 import json
 import os
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
 import ssb_det
@@ -21,6 +21,7 @@ from ssb_det.export import (
     BackboneExport,
     DetectorExport,
     export_onnx,
+    export_program,
     export_torchscript,
     max_abs_diffs,
     onnx_symbolics,
@@ -207,6 +208,62 @@ def test_adaptive_avg_pool_rule_equals_torch(tmp_path, size, bins):
                                rtol=1e-5, atol=1e-6)
 
 
+def float64_peaked(module):
+    """``module`` in float64 with peaked saliencies (conv weights of std 1: pooled logits of
+    several units, so the sampling maps are far from uniform).
+
+    float64: the program and eager run the same ops, so they may differ by rounding only
+    (~1e-16 relative per op); 1e-9 relative leaves seven orders of magnitude for its growth
+    through the network, while features computed on another size's lattice differ by O(1).
+    """
+    return non_uniform_saliency(module, std=1.0).double().eval()
+
+
+F64_RTOL = 1e-9
+
+
+def test_torch_export_with_dynamic_size_equals_eager_at_other_sizes(tmp_path):
+    wrapper = BackboneExport(float64_peaked(narrow_backbone())).eval()
+    example = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    path = str(tmp_path / "backbone.pt2")
+    export_program(wrapper, example, path, min_size=64)
+    program = torch.export.load(path).module()  # the file we just wrote
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for size in ((96, 128), (128, 64), (160, 96)):
+            x = torch.randn(1, 3, *size, dtype=torch.float64, generator=gen)
+            assert_close_relative(wrapper(x), program(x), rtol=F64_RTOL)
+        with pytest.raises(Exception, match=r"Guard failed: .*>= 64"):  # below the range
+            program(torch.randn(1, 3, 32, 96, dtype=torch.float64))
+
+
+def test_torch_export_leaves_eager_outputs_unchanged():
+    # torch.export traces with fake tensors: a module-level cache filled during export (the
+    # Recasens matrices were) held fake tensors, and every later eager call computed garbage.
+    from ssb_det.layers import sampling_maps
+
+    wrapper = BackboneExport(narrow_backbone()).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before = wrapper(x)
+        sampling_maps._cached_recasens_matrices.cache_clear()  # filled first by the export
+        export_program(wrapper, x, min_size=64)
+        assert_close_relative(before, wrapper(x), rtol=0)
+
+
+@pytest.mark.slow
+def test_torch_export_of_the_fpn_backbone_with_dynamic_size_equals_eager(tmp_path):
+    torch.manual_seed(0)
+    fpn = float64_peaked(build_backbone(tiny_rcnn_cfg()))
+    wrapper = BackboneExport(fpn).eval()
+    program = export_program(wrapper, torch.randn(1, 3, 128, 192, dtype=torch.float64)).module()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for size in ((160, 128), (256, 224)):  # multiples of 32, FPN's size_divisibility
+            x = torch.randn(1, 3, *size, dtype=torch.float64, generator=gen)
+            assert_close_relative(wrapper(x), program(x), rtol=F64_RTOL)
+
+
 def tiny_rcnn_cfg(zoo="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"):
     cfg = get_cfg()
     ssb_det.add_ssb_config(cfg)
@@ -286,12 +343,33 @@ def test_export_model_cli(tmp_path):
             assert diff <= 1e-5 * max(ref, 1.0)
 
 
+@pytest.mark.slow
+def test_export_model_cli_torch_export_checks_two_sizes(tmp_path):
+    config = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
+    report = tmp_path / "parity.json"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
+           "--output", str(tmp_path / "export"), "--what", "backbone", "--format", "export",
+           "--input-size", "128", "160", "--json", str(report),
+           "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+           "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(report.read_text())
+    assert [r["input_shape"] for r in rows] == [[1, 3, 128, 160], [1, 3, 160, 224]]
+    for row in rows:
+        assert row["format"] == "export" and row["path"].endswith("backbone.pt2")
+        for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
+            assert diff <= 1e-5 * max(ref, 1.0)
+
+
 @pytest.mark.parametrize("uniform", [False, True])
 def test_torch_jit_script_fails_at_once_naming_the_supported_routes(uniform):
     model = ssb_resnet(depth=50, norm="BN", stem_out_channels=8, res2_out_channels=16,
                        width_per_group=4, uniform=uniform)
     with pytest.raises(RuntimeError, match=r"cannot be compiled with torch\.jit\.script.*"
-                                           r"Supported routes: torch\.jit\.trace or ONNX.*"
+                                           r"Supported routes: torch\.export\.export with "
+                                           r"dynamic height/width.*torch\.jit\.trace or ONNX.*"
                                            r"tools/export_model\.py"):
         torch.jit.script(model)
 

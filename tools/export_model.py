@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Export an SSB-ResNet backbone and/or detector to TorchScript and ONNX; print parity vs eager.
+"""Export an SSB-ResNet backbone and/or detector (torch.export, TorchScript, ONNX); print
+parity vs eager.
 
 Examples:
+    python tools/export_model.py --config-file configs/quickstart/faster_rcnn_SSB_R_50_FPN_shapes.yaml \\
+        --what backbone --format export --input-size 320 448 --output export/
     python tools/export_model.py --config-file configs/quickstart/faster_rcnn_SSB_R_50_FPN_shapes.yaml \\
         --output export/ MODEL.WEIGHTS output/model_final.pth
     python tools/export_model.py --config-file X.yaml --what backbone --format onnx \\
         --input-size 800 1216 --opset 17 --output export/
 
-The exported graphs are specialised to ``--input-size`` (see ssb_det/export.py). Thin wrapper
-over :func:`ssb_det.export.export_main`.
+``--format export`` (torch.export) serves every height/width in ``--size-range`` (multiples of
+32); TorchScript and ONNX graphs are specialised to ``--input-size`` (see ssb_det/export.py).
+Thin wrapper over :func:`ssb_det.export.export_main`.
 """
 import sys
 

@@ -1,7 +1,9 @@
 """Clear failures for the export routes an SSB sampler cannot take (issue 13).
 
 The sampler computes its sampled size ``round(r * H)`` and its pixel lattices from the
-feature map's size in Python, and returns grid objects; so
+feature map's size in Python, and returns grid objects. ``torch.export`` records that size
+arithmetic symbolically (one program for every size, see ``ssb_det.export.export_program``);
+the older routes cannot, so
 
 - ``torch.jit.script`` cannot compile it: :func:`refuse_scripting` fails at once with the
   supported routes, instead of a type error deep in the sampler;
@@ -19,9 +21,9 @@ import torch
 __all__ = ["SUPPORTED_EXPORT_ROUTES", "refuse_scripting", "guard_traced_size"]
 
 SUPPORTED_EXPORT_ROUTES = (
-    "torch.jit.trace or ONNX at a fixed input size through ssb_det.export "
-    "(python tools/export_model.py); torch.export is not supported yet (see "
-    "docs/reliability.md, 'Export')"
+    "torch.export.export with dynamic height/width (ssb_det.export.export_program, any size "
+    "in its range); torch.jit.trace or ONNX at a fixed input size; both through "
+    "python tools/export_model.py (see docs/reliability.md, 'Export')"
 )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .resample import chunk_channels, chunked_cpu_inference, interp_taps, separable_resample
 from .sampling_maps import interp_knots, invert_knots, two_segment_positions
-from .tensor_ops import add_relu_, needs_grad
+from .tensor_ops import add_relu_, needs_grad, size_tensor
 
 __all__ = ["Grid", "SeparableGrid"]
 
@@ -70,8 +70,8 @@ def _region_sizes(knots: torch.Tensor, in_size, out_size, valid_in, valid_out):
         raise ValueError("valid_in and valid_out must be given together")
     if valid_in is None:
         n = knots.shape[0]
-        valid_in = knots.new_tensor([in_size]).expand(n, 2)
-        valid_out = knots.new_tensor([out_size]).expand(n, 2)
+        valid_in = size_tensor(in_size, knots).expand(n, 2)
+        valid_out = size_tensor(out_size, knots).expand(n, 2)
     return valid_in.to(knots.dtype), valid_out.to(knots.dtype)
 
 

@@ -89,6 +89,33 @@ def _dense_resample(x: torch.Tensor, row_taps, col_taps) -> torch.Tensor:
     return torch.matmul(torch.matmul(a_y, x), a_x.transpose(2, 3)).contiguous()
 
 
+def _gather_resample(x: torch.Tensor, row_taps, col_taps, rows_first: bool) -> torch.Tensor:
+    """:func:`separable_resample` as two gathers per pass (``torch.export`` / ``torch.compile``).
+
+    The same interpolation, ``(1 - frac) * x[left] + frac * x[right]`` per line with the
+    weights in ``x``'s dtype, written without the ``embedding_bag`` layout: that path
+    merges symbolic sizes in views (which ``torch.export`` cannot prove valid for every
+    size), and the dense path is chosen by size. Gathers have clean symbolic shapes and
+    export to ONNX (``GatherElements``).
+    """
+    n = x.shape[0]
+
+    def lerp(t, taps, dim):
+        left, right, frac = taps
+        shape = [n, 1, 1, 1]
+        shape[dim] = left.shape[1]
+        out_shape = list(t.shape)
+        out_shape[dim] = left.shape[1]
+        a = t.gather(dim, left.view(shape).expand(out_shape))
+        b = t.gather(dim, right.view(shape).expand(out_shape))
+        frac = frac.view(shape)
+        return a * (1 - frac).to(t.dtype) + b * frac.to(t.dtype)
+
+    if rows_first:
+        return lerp(lerp(x, row_taps, 2), col_taps, 3).contiguous()
+    return lerp(lerp(x, col_taps, 3), row_taps, 2).contiguous()
+
+
 def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
                        rows_first: bool, bag_cache: Optional[dict] = None) -> torch.Tensor:
     """Resample ``x`` (``(N, C, H, W)``) to ``out_size`` with two 1-D linear interpolations.
@@ -112,6 +139,8 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     Returns:
         Tensor: ``(N, C, h, w)``, contiguous.
     """
+    if torch.compiler.is_compiling():  # one path whatever the (symbolic) size
+        return _gather_resample(x, row_taps, col_taps, rows_first)
     n, c, H, W = x.shape
     h, w = out_size
     # Training only: a traced graph (export) records the inference path, whatever the
@@ -152,7 +181,9 @@ def chunk_channels(n: int, c: int, size: Tuple[int, int], element_size: int) -> 
 
 def chunked_cpu_inference(*tensors) -> bool:
     """Whether the grids' chunked CPU paths may run on ``tensors``: on the CPU, no gradient
-    needed, not tracing. Tracers (TorchScript/ONNX export, fvcore) cannot record the chunked
-    writes into slices of a preallocated output, and autograd is spared them."""
+    needed, not tracing or compiling. Tracers (TorchScript/ONNX export, fvcore) cannot record
+    the chunked writes into slices of a preallocated output, and autograd is spared them;
+    under ``torch.export`` / ``torch.compile`` the number of chunks would depend on the
+    (possibly symbolic) map size."""
     return (all(t.device.type == "cpu" for t in tensors) and not needs_grad(*tensors)
-            and not torch.jit.is_tracing())
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())

@@ -12,7 +12,7 @@ from .grid import SeparableGrid
 from .misc import SaliencyConv
 from .sampling_maps import (identity_knots, recasens_knots_1d, sampled_size,
                             valid_pooling_matrices)
-from .tensor_ops import to_grid_dtype
+from .tensor_ops import autocast_off, size_tensor, to_grid_dtype
 
 __all__ = ["SaliencySampler"]
 
@@ -92,7 +92,7 @@ class SaliencySampler(nn.Module):
         conv = self.saliency_conv
         full_precision = x.dtype in (torch.float32, torch.float64)
         dtype = x.dtype if full_precision else torch.promote_types(x.dtype, torch.float32)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             if valid_size is None:
                 if full_precision:
                     logits = F.adaptive_avg_pool2d(conv(x), (g, g))
@@ -122,7 +122,7 @@ class SaliencySampler(nn.Module):
         v = to_grid_dtype(torch.as_tensor(valid_size, device=device))
         if v.dim() != 2 or v.shape[1] != 2:
             raise ValueError(f"valid_size must have shape (N, 2), got {tuple(v.shape)}")
-        v = torch.minimum(v.round().clamp(min=1.0), v.new_tensor([H, W]))
+        v = torch.minimum(v.round().clamp(min=1.0), size_tensor((H, W), v))
         out = torch.floor(v * self.ratio + 0.5).clamp(min=1.0)  # sampled_size, per image
         return v, out
 
@@ -140,7 +140,7 @@ class SaliencySampler(nn.Module):
         """
         x = guard_traced_size(x)  # a trace refuses another size (see export_guards)
         H, W = x.shape[-2:]
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)
             if self.uniform:
                 n, g = x.shape[0], self.grid_size
@@ -165,7 +165,7 @@ class SaliencySampler(nn.Module):
 
     def _grid_of_saliency(self, saliency, in_size, valid):
         """:meth:`grid_from_saliency` with sizes checked by :meth:`_valid_sizes` (or None)."""
-        with torch.autocast(device_type=saliency.device.type, enabled=False):
+        with autocast_off(saliency.device.type):
             ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
             kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
             return self._grid(ky, kx, in_size, valid)

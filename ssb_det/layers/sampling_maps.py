@@ -25,7 +25,6 @@ MPS), whatever the features' dtype, so reduced precision and extreme saliency lo
 make them leave the image or turn non-finite.
 """
 import functools
-import math
 
 import torch
 
@@ -50,8 +49,15 @@ SALIENCY_FLOOR = 1e-3
 
 
 def sampled_size(size: int, ratio: float) -> int:
-    """Length of a sampled axis: ``round(ratio * size)`` (half up), at least 1."""
-    return max(1, int(math.floor(ratio * size + 0.5)))
+    """Length of a sampled axis: ``round(ratio * size)`` (half up), at least 1.
+
+    ``size`` may be a symbolic size (``torch.SymInt``, under ``torch.export`` with dynamic
+    shapes): ``torch.sym_int`` and ``torch.sym_max`` then record the same float maths in the
+    graph instead of fixing the result (on plain numbers they are ``int`` and ``max``, and
+    ``sym_int``'s truncation is the floor here, the value being positive; ``math.floor``
+    would not serialize in a saved program).
+    """
+    return torch.sym_max(1, torch.sym_int(ratio * size + 0.5))
 
 
 def _pixel_centres(n: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -88,15 +94,26 @@ def _floor_marginal(m: torch.Tensor) -> torch.Tensor:
     return m * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / m.shape[-1]
 
 
-@functools.lru_cache(maxsize=64)
 def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
+    """:func:`_build_recasens_matrices`, cached in eager mode.
+
+    Not cached while ``torch.export`` / ``torch.compile`` traces: tensors made there are
+    fake, and a cached fake tensor would poison every later eager call (garbage outputs);
+    the graph builds them instead (a few small ops).
+    """
+    if torch.compiler.is_compiling():
+        return _build_recasens_matrices(g, padding, sigma, device, dtype)
+    return _cached_recasens_matrices(g, padding, sigma, device, dtype)
+
+
+def _build_recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
     """``(G, G)`` matrices of the two kernel sums of the 1-D Recasens formula.
 
     With the marginal replicate-padded by ``P`` cells, ``den[p] = sum_t k[t] m_pad[p + t]``
     and ``num[p] = sum_t k[t] d[t] m_pad[p + t]`` (``t`` over the ``2P + 1`` kernel taps,
     ``d[t] = (t - P) / G`` the offset of the tap). A padded cell is a copy of the nearest
     edge cell, so both are ``m @ A`` with ``A[q, p]`` the summed weights of the taps of output
-    ``p`` that read cell ``q``. Cached: they depend on the configuration only.
+    ``p`` that read cell ``q``. They depend on the configuration only.
     """
     k = _gaussian_kernel(padding, sigma, device, dtype)
     t = torch.arange(-padding, padding + 1, device=device)
@@ -108,6 +125,9 @@ def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
     num.index_put_((src.reshape(-1), cols.reshape(-1)), (k * t.to(dtype) / g).expand_as(src).reshape(-1),
                    accumulate=True)
     return den, num
+
+
+_cached_recasens_matrices = functools.lru_cache(maxsize=64)(_build_recasens_matrices)
 
 
 def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> torch.Tensor:
@@ -170,7 +190,12 @@ def invert_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     n, k1 = knots.shape
     kk = k1 - 1
     tq = t.to(knots.dtype).expand(n, t.shape[-1]).contiguous()
-    idx = torch.searchsorted(knots.contiguous(), tq, right=True) - 1
+    if torch.compiler.is_compiling():
+        # The count of knots <= t, which is searchsorted(right=True) on sorted knots:
+        # ONNX (torch.onnx.export(dynamo=True)) has no searchsorted.
+        idx = (knots[:, None, :] <= tq[:, :, None]).sum(-1) - 1
+    else:
+        idx = torch.searchsorted(knots.contiguous(), tq, right=True) - 1
     idx = idx.clamp(0, kk - 1)
     lo = knots.gather(1, idx)
     hi = knots.gather(1, idx + 1)

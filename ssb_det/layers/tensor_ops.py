@@ -1,8 +1,12 @@
 """Small tensor helpers shared by the sampling files: the grid's dtype, "are gradients
-needed", and the residual add + ReLU into the caller's own tensor."""
+needed", sizes as a tensor, autocast off, and the residual add + ReLU into the caller's own
+tensor."""
+import contextlib
+
 import torch
 
-__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "add_relu_"]
+__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "size_tensor", "autocast_off",
+           "add_relu_"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -24,6 +28,28 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd records an op on ``tensors``: grad mode on and one of them requires
     a gradient."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
+    """``(len(sizes),)`` tensor of the sizes, in ``like``'s dtype and device.
+
+    Made with ``new_full`` per entry, not ``new_tensor``: under ``torch.export`` with dynamic
+    shapes a size is a ``torch.SymInt``, which ``new_tensor`` fixes to the example's value
+    and ``new_full`` records in the graph.
+    """
+    return torch.stack([like.new_full((), s) for s in sizes])
+
+
+def autocast_off(device_type: str):
+    """A context that turns autocast off on ``device_type``; nothing when it is already off.
+
+    Entering ``torch.autocast(enabled=False)`` while autocast is off changes nothing in
+    eager mode, but ``torch.export`` records it as a ``wrap_with_autocast`` node, which
+    ``torch.export.save`` cannot serialize.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

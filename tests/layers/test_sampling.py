@@ -228,6 +228,23 @@ def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(mo
     assert results[1][2].abs().sum() > 0  # the positions do receive gradients
 
 
+@pytest.mark.parametrize("rows_first", [True, False])
+def test_export_gather_resample_equals_embedding_bag(rows_first):
+    # The path torch.export / torch.compile record (resample._gather_resample): the same
+    # interpolation as the eager path, on a map stored transposed as the inverse gets it.
+    from ssb_det.layers.resample import _gather_resample, interp_taps, separable_resample
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 17, 13, dtype=torch.float64).transpose(2, 3)  # (2, 5, 13, 17)
+    ys = (torch.rand(2, 7, dtype=torch.float64) * 14 - 0.5).sort(1).values
+    xs = (torch.rand(2, 9, dtype=torch.float64) * 18 - 0.5).sort(1).values
+    taps = interp_taps(ys, 13), interp_taps(xs, 17)
+    out = _gather_resample(x, *taps, rows_first=rows_first)
+    assert out.shape == (2, 5, 7, 9) and out.is_contiguous()
+    torch.testing.assert_close(out, separable_resample(x, *taps, (7, 9), rows_first=rows_first),
+                               rtol=1e-12, atol=1e-12)
+
+
 def _poisoned(x, image):
     """``x`` with NaN, +Inf and -Inf written into image ``image`` (features of a diverged run)."""
     x = x.clone()
