@@ -45,7 +45,7 @@ VARIANTS: Dict[str, str] = {
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
-         ("R101", "R50"), ("SSB-R50 saliency LR x3", "SSB-R50"),
+         ("R101", "R50"), ("SSB-R101", "R101"), ("SSB-R50 saliency LR x3", "SSB-R50"),
          ("SSB-R50 saliency LR x3", "SSB-R50 uniform"), ("SSB-R50 saliency LR x10", "SSB-R50"),
          ("SSB-R50 saliency LR x10", "SSB-R50 uniform"),
          ("SSB-R50 bounded saliency LR x10", "SSB-R50"),
