@@ -15,13 +15,15 @@ rule, :func:`onnx_dynamic_rules` (adaptive pooling windows from the runtime size
 
 Fixed input size: ``torch.jit.trace`` and the TorchScript-based ``torch.onnx.export``
 (``dynamo=False``, :func:`export_onnx`) record those sizes as constants, so a trace is
-valid for the traced ``H x W`` only. The TorchScript file is therefore a scripted guard that raises a clear error for another size (without it, a trace
-silently computes wrong features), and the ONNX graph has a static input shape
+valid for the traced ``H x W`` only. The TorchScript file is therefore a scripted guard
+that raises a clear error for another size (without it, a trace silently computes wrong
+features), and the ONNX graph has a static input shape
 (onnxruntime rejects other shapes). Export once per deployment size.
 
-Fixed-size ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all types). PyTorch's
-exporter lacks, gets wrong, or onnxruntime lacks kernels for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
-*standard* ATen ops while exporting, without touching the sampler's code:
+Fixed-size ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all
+types). PyTorch's exporter lacks, gets wrong, or onnxruntime lacks kernels for, four
+operations the sampler uses; :func:`onnx_symbolics` adds export rules for the *standard*
+ATen ops while exporting, without touching the sampler's code:
 
 - ``aten::searchsorted`` (inverse of the separable map): not exportable; written as a count
   of knots ``<=`` (``right=True``) or ``<`` each query, which equals searchsorted on sorted
@@ -457,8 +459,8 @@ def _onnxscript_adaptive_bins(op, x, axis: int, bins: int):
     start = op.Div(op.Mul(i, length), n)
     end = op.Div(op.Add(op.Mul(op.Add(i, op.Constant(value_ints=[1])), length),
                         op.Constant(value_ints=[bins - 1])), n)
-    j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(length), op.Constant(value_int=1)),
-                     op.Constant(value_ints=[0]))  # (1, L)
+    j = op.Range(op.Constant(value_int=0), op.Squeeze(length), op.Constant(value_int=1))
+    j = op.Unsqueeze(j, op.Constant(value_ints=[0]))  # (1, L)
     start = op.Unsqueeze(start, op.Constant(value_ints=[1]))
     end = op.Unsqueeze(end, op.Constant(value_ints=[1]))
     inside = op.And(op.GreaterOrEqual(j, start), op.Less(j, end))  # (bins, L)
@@ -468,9 +470,10 @@ def _onnxscript_adaptive_bins(op, x, axis: int, bins: int):
 def _onnxscript_adaptive_avg_pool2d(x, output_size):
     # Why: without a rule, the exporter decomposes adaptive pooling with PyTorch's
     # decomposition, which branches on the example's size (divisible or not, window
-    # lengths) and so silently fixes the saliency pooling windows to it: features were
-    # wrong by O(1) at 1024x64 for a graph exported at 64x96. Two averaging matrices built
-    # from the runtime size give PyTorch's exact bins at every size.
+    # lengths) and so fixes the pooling windows to it: a pooling-only graph exported at
+    # 64x96 was off by 0.08 on randn at 128x192, and gathered out of bounds at 1024x64.
+    # Two averaging matrices built from the runtime size give PyTorch's exact bins at every
+    # size.
     from onnxscript import opset18 as op
 
     gh, gw = output_size
