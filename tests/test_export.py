@@ -302,6 +302,12 @@ def test_dynamic_onnx_refuses_detectors():
         export_onnx_dynamic(DetectorExport(model), torch.randn(3, 128, 128), "unused.onnx")
 
 
+def test_dynamic_onnx_without_onnxscript_says_how_to_install(backbone, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"needs onnxscript.*bash install\.sh"):
+        export_onnx_dynamic(backbone, torch.randn(1, 3, 128, 128), "unused.onnx")
+
+
 def test_torch_export_leaves_eager_outputs_unchanged():
     # torch.export traces with fake tensors: a module-level cache filled during export (the
     # Recasens matrices were) held fake tensors, and every later eager call computed garbage.
