@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
-        "export": ["onnx", "onnxruntime"],
+        "export": ["onnx", "onnxruntime", "onnxscript"],
     },
     package_data={"ssb_det": ["compat/*.py"]},
 )

@@ -9,18 +9,21 @@ classes[, masks]).
 Any input size: :func:`export_program` (``torch.export.export`` with dynamic height and
 width) records the sampled size ``round(r * H)`` and the sampling lattices as functions of
 the input size, so one program serves every size in its range (the backbone: SSB-ResNet
-and its FPN).
+and its FPN). :func:`export_onnx_dynamic` turns that program into ONNX with dynamic height
+and width (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``), with one export
+rule, :func:`onnx_dynamic_rules` (adaptive pooling windows from the runtime size).
 
 Fixed input size: ``torch.jit.trace`` and the TorchScript-based ``torch.onnx.export``
-(``dynamo=False``: the dynamo exporter needs ``onnxscript``) record those sizes as
-constants, so a trace is valid for the traced ``H x W`` only. The TorchScript file is
-therefore a scripted guard that raises a clear error for another size (without it, a trace
-silently computes wrong features), and the ONNX graph has a static input shape
+(``dynamo=False``, :func:`export_onnx`) record those sizes as constants, so a trace is
+valid for the traced ``H x W`` only. The TorchScript file is therefore a scripted guard
+that raises a clear error for another size (without it, a trace silently computes wrong
+features), and the ONNX graph has a static input shape
 (onnxruntime rejects other shapes). Export once per deployment size.
 
-ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all types). PyTorch's
-exporter lacks, gets wrong, or onnxruntime lacks kernels for, four operations the sampler uses; :func:`onnx_symbolics` adds export rules for the
-*standard* ATen ops while exporting, without touching the sampler's code:
+Fixed-size ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all
+types). PyTorch's exporter lacks, gets wrong, or onnxruntime lacks kernels for, four
+operations the sampler uses; :func:`onnx_symbolics` adds export rules for the *standard*
+ATen ops while exporting, without touching the sampler's code:
 
 - ``aten::searchsorted`` (inverse of the separable map): not exportable; written as a count
   of knots ``<=`` (``right=True``) or ``<`` each query, which equals searchsorted on sorted
@@ -39,6 +42,7 @@ exporter lacks, gets wrong, or onnxruntime lacks kernels for, four operations th
 was verified.
 """
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -54,6 +58,7 @@ __all__ = [
     "export_program",
     "dynamic_size_dims",
     "export_parser",
+    "EXPORT_FORMATS",
     "MIN_OPSET",
     "DEFAULT_OPSET",
     "BackboneExport",
@@ -61,6 +66,9 @@ __all__ = [
     "onnx_symbolics",
     "export_torchscript",
     "export_onnx",
+    "export_onnx_dynamic",
+    "DYNAMIC_ONNX_OPSET",
+    "onnx_dynamic_rules",
     "run_onnx",
     "max_abs_diffs",
     "export_from_config",
@@ -70,6 +78,9 @@ logger = logging.getLogger(__name__)
 
 MIN_OPSET = 16  # LessOrEqual on all types
 DEFAULT_OPSET = 17
+
+# Formats of export_from_config / tools/export_model.py.
+EXPORT_FORMATS = ("export", "onnx-dynamic", "torchscript", "onnx")
 
 
 # ------------------------------------------------------------------------------------ wrappers
@@ -354,6 +365,25 @@ def dynamic_size_dims(divisor: int = 1, min_size: int = 128, max_size: int = 204
                  for n in ("height_div", "width_div"))
 
 
+def _backbone_size_dims(wrapper: nn.Module, example: torch.Tensor, min_size: int, max_size: int,
+                        route: str):
+    """Dynamic height/width dims for a backbone export; refuses detectors and bad examples."""
+    if not isinstance(wrapper, BackboneExport):
+        raise TypeError(f"{route} exports a BackboneExport (the backbone, FPN included) with "
+                        f"dynamic height/width; got {type(wrapper).__name__}. Export detectors "
+                        "with export_torchscript or export_onnx (fixed size).")
+    # Multiples of 32, the ResNet's largest stride: every stage's size is then an exact
+    # H / stride, which torch.export's symbolic shapes can prove consistent (at other sizes
+    # it stops on unprovable guards such as (H - 1) % 4 != 0 from the strided convs).
+    divisor = math.lcm(32, int(getattr(wrapper.backbone, "size_divisibility", 0) or 1))
+    dims = dynamic_size_dims(divisor, min_size, max_size)
+    h, w = int(example.shape[-2]), int(example.shape[-1])
+    if h % divisor or w % divisor or not all(min_size <= v <= max_size for v in (h, w)):
+        raise ValueError(f"example size {h}x{w} must lie in [{min_size}, {max_size}] in "
+                         f"multiples of {divisor}")
+    return {2: dims[0], 3: dims[1]}
+
+
 def export_program(wrapper: nn.Module, example: torch.Tensor, path: Optional[str] = None, *,
                    min_size: int = 128, max_size: int = 2048):
     """``torch.export.export`` of a :class:`BackboneExport` with dynamic height and width.
@@ -376,22 +406,9 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Optional[str
     Returns:
         torch.export.ExportedProgram: call ``.module()`` on it to run it.
     """
-    if not isinstance(wrapper, BackboneExport):
-        raise TypeError(f"export_program exports a BackboneExport (the backbone, FPN included); "
-                        f"got {type(wrapper).__name__}. Export detectors with export_torchscript "
-                        "or export_onnx (fixed size).")
-    # Multiples of 32, the ResNet's largest stride: every stage's size is then an exact
-    # H / stride, which torch.export's symbolic shapes can prove consistent (at other sizes
-    # it stops on unprovable guards such as (H - 1) % 4 != 0 from the strided convs).
-    divisor = math.lcm(32, int(getattr(wrapper.backbone, "size_divisibility", 0) or 1))
-    dims = dynamic_size_dims(divisor, min_size, max_size)
-    h, w = int(example.shape[-2]), int(example.shape[-1])
-    if h % divisor or w % divisor or not all(min_size <= v <= max_size for v in (h, w)):
-        raise ValueError(f"example size {h}x{w} must lie in [{min_size}, {max_size}] in "
-                         f"multiples of {divisor}")
+    dims = _backbone_size_dims(wrapper, example, min_size, max_size, "export_program")
     with torch.no_grad():
-        program = torch.export.export(wrapper, (example,),
-                                      dynamic_shapes=({2: dims[0], 3: dims[1]},))
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
@@ -422,6 +439,103 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int
     with onnx_symbolics(opset), _tracing_mode(wrapper):
         torch.onnx.export(wrapper, (example,), tmp, opset_version=opset, dynamo=False,
                           input_names=[input_name], output_names=list(wrapper.output_names))
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------- ONNX with dynamic height/width
+
+# The dynamo exporter's operator library (onnxscript's torchlib) is written for opset 18; a
+# lower opset would go through ONNX's version converter.
+DYNAMIC_ONNX_OPSET = 18
+
+
+def _onnxscript_adaptive_bins(op, x, axis: int, bins: int):
+    """``(bins, L)`` averaging matrix of PyTorch's adaptive pooling along ``axis`` (-2 or -1)
+    of ``x``, built from the runtime length ``L`` (see :func:`_adaptive_bins`)."""
+    length = op.Shape(x, start=axis, end=axis + 1) if axis != -1 else op.Shape(x, start=-1)  # (1,)
+    i = op.Constant(value_ints=list(range(bins)))
+    n = op.Constant(value_ints=[bins])
+    start = op.Div(op.Mul(i, length), n)
+    end = op.Div(op.Add(op.Mul(op.Add(i, op.Constant(value_ints=[1])), length),
+                        op.Constant(value_ints=[bins - 1])), n)
+    j = op.Range(op.Constant(value_int=0), op.Squeeze(length), op.Constant(value_int=1))
+    j = op.Unsqueeze(j, op.Constant(value_ints=[0]))  # (1, L)
+    start = op.Unsqueeze(start, op.Constant(value_ints=[1]))
+    end = op.Unsqueeze(end, op.Constant(value_ints=[1]))
+    inside = op.And(op.GreaterOrEqual(j, start), op.Less(j, end))  # (bins, L)
+    return op.Div(op.CastLike(inside, x), op.CastLike(op.Sub(end, start), x))
+
+
+def _onnxscript_adaptive_avg_pool2d(x, output_size):
+    # Why: without a rule, the exporter decomposes adaptive pooling with PyTorch's
+    # decomposition, which branches on the example's size (divisible or not, window
+    # lengths) and so fixes the pooling windows to it: a pooling-only graph exported at
+    # 64x96 was off by 0.08 on randn at 128x192, and gathered out of bounds at 1024x64.
+    # Two averaging matrices built from the runtime size give PyTorch's exact bins at every
+    # size.
+    from onnxscript import opset18 as op
+
+    gh, gw = output_size
+    pool_h = _onnxscript_adaptive_bins(op, x, -2, gh)
+    pool_w = _onnxscript_adaptive_bins(op, x, -1, gw)
+    return op.MatMul(op.MatMul(pool_h, x), op.Transpose(pool_w, perm=[1, 0]))
+
+
+def onnx_dynamic_rules() -> Dict:
+    """``custom_translation_table`` of ``torch.onnx.export(dynamo=True)`` for a graph with
+    dynamic height/width: adaptive average pooling with size-generic windows."""
+    return {torch.ops.aten.adaptive_avg_pool2d.default: _onnxscript_adaptive_avg_pool2d,
+            torch.ops.aten._adaptive_avg_pool2d.default: _onnxscript_adaptive_avg_pool2d}
+
+
+def export_onnx_dynamic(wrapper: nn.Module, example: torch.Tensor, path: str, *,
+                        min_size: int = 128, max_size: int = 2048,
+                        opset: int = DYNAMIC_ONNX_OPSET, input_name: str = "images") -> str:
+    """ONNX of a :class:`BackboneExport` with dynamic height and width (one graph for every
+    size in the range), through ``torch.onnx.export(dynamo=True)``.
+
+    The graph is made from :func:`export_program`'s program (same sizes: multiples of 32 and
+    of the backbone's ``size_divisibility`` in ``[min_size, max_size]``), so it computes the
+    sampled sizes and lattices from the runtime input size. Needs ``onnxscript`` (installed
+    by install.sh). onnxruntime's CPU convolutions are float32-only: export in float32.
+
+    Args:
+        wrapper (BackboneExport): in eval mode, float32.
+        example (Tensor): ``(N, 3, H, W)``, a size inside the range.
+        path (str): the ``.onnx`` file to write (weights inside, no external data file).
+        min_size, max_size (int): range of height and width (see :func:`export_program`).
+        opset (int): ONNX opset, at least :data:`DYNAMIC_ONNX_OPSET`.
+        input_name (str): name of the graph input.
+
+    Returns:
+        str: ``path``.
+    """
+    dims = _backbone_size_dims(wrapper, example, min_size, max_size, "export_onnx_dynamic")
+    if opset < DYNAMIC_ONNX_OPSET:
+        raise ValueError(f"ONNX with dynamic height/width is exported at opset >= "
+                         f"{DYNAMIC_ONNX_OPSET} (the dynamo exporter's); got {opset}")
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError("ONNX export with dynamic height/width needs onnxscript (torch.onnx's "
+                          "dynamo exporter): run `bash install.sh` or `pip install "
+                          "onnxscript==0.7.2`") from e
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    # onnx_ir warns once per empty attribute list ("Defaulted to INTS", the right type),
+    # hundreds of lines that would bury the parity report.
+    ir_logger = logging.getLogger("onnx_ir._convenience")
+    level = ir_logger.level
+    ir_logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(wrapper, (example,), tmp, dynamo=True, opset_version=opset,
+                              dynamic_shapes=(dims,), custom_translation_table=onnx_dynamic_rules(),
+                              input_names=[input_name], output_names=list(wrapper.output_names),
+                              external_data=False, verbose=False)
+    finally:
+        ir_logger.setLevel(level)
     os.replace(tmp, path)
     return path
 
@@ -468,27 +582,29 @@ def _example_input(cfg, model, what: str, size: Sequence[int], batch: int, seed:
 def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone", "detector"),
                        formats: Sequence[str] = ("torchscript", "onnx"),
                        input_size: Sequence[int] = (320, 448), batch: int = 1,
-                       opset: int = DEFAULT_OPSET, seed: int = 0,
+                       opset: Optional[int] = None, seed: int = 0,
                        size_range: Sequence[int] = (128, 2048)) -> List[Dict]:
     """Build the model of ``cfg`` (weights from ``MODEL.WEIGHTS``), export it, check parity.
 
     Args:
         cfg (CfgNode): a detector config (``MODEL.SSB`` present); ``MODEL.DEVICE`` should be
             ``cpu``.
-        output_dir (str): where ``backbone.pt``, ``backbone.onnx``, ``detector.pt``,
-            ``detector.onnx`` are written.
+        output_dir (str): where ``backbone.pt2``, ``backbone_dynamic.onnx``, ``backbone.pt``,
+            ``backbone.onnx``, ``detector.pt``, ``detector.onnx`` are written.
         what (Sequence[str]): ``"backbone"`` (the model's backbone, FPN included) and/or
             ``"detector"`` (Faster/Mask R-CNN, batch 1).
         formats (Sequence[str]): ``"export"`` (``torch.export`` with dynamic height/width,
-            ``backbone.pt2``; backbone only, checked also at a second size),
+            ``backbone.pt2``) and ``"onnx-dynamic"`` (ONNX with dynamic height/width,
+            ``backbone_dynamic.onnx``): backbone only, checked also at a second size;
             ``"torchscript"`` and/or ``"onnx"`` (fixed size).
         input_size (Sequence[int]): ``(H, W)`` of the example; rounded up to the backbone's
             size divisibility for ``"backbone"``.
         batch (int): batch size of the backbone example.
-        opset (int): ONNX opset.
+        opset (int or None): ONNX opset; None: :data:`DEFAULT_OPSET` for ``"onnx"``,
+            :data:`DYNAMIC_ONNX_OPSET` for ``"onnx-dynamic"``.
         seed (int): seed of the random example image.
         size_range (Sequence[int]): ``(min, max)`` height and width of the ``"export"``
-            program (see :func:`export_program`).
+            program and the ``"onnx-dynamic"`` graph (see :func:`export_program`).
 
     Returns:
         list[dict]: one row per export and checked input: ``what``, ``format``, ``path``,
@@ -499,11 +615,12 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
 
     from .checkpoint import SSBCheckpointer
 
-    unknown = set(what) - {"backbone", "detector"} | set(formats) - {"export", "torchscript", "onnx"}
+    unknown = set(what) - {"backbone", "detector"} | set(formats) - set(EXPORT_FORMATS)
     if unknown:
         raise ValueError(f"unknown export targets/formats: {sorted(unknown)}")
-    if "export" in formats and "detector" in what:
-        raise ValueError("format 'export' (torch.export, dynamic size) covers the backbone only; "
+    dynamic = [f for f in formats if f in ("export", "onnx-dynamic")]
+    if dynamic and "detector" in what:
+        raise ValueError(f"format(s) {dynamic} (dynamic height/width) cover the backbone only; "
                          "export the detector with 'torchscript' or 'onnx' (fixed size)")
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
@@ -516,16 +633,23 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
         with torch.no_grad():
             reference = _as_tuple(wrapper(example))
         for fmt in formats:
-            if fmt == "export":
-                path = os.path.join(output_dir, f"{target}.pt2")
-                program = export_program(wrapper, example, path, min_size=size_range[0],
-                                         max_size=size_range[1])
+            if fmt in ("export", "onnx-dynamic"):
+                if fmt == "export":
+                    path = os.path.join(output_dir, f"{target}.pt2")
+                    run = export_program(wrapper, example, path, min_size=size_range[0],
+                                         max_size=size_range[1]).module()
+                else:
+                    path = export_onnx_dynamic(
+                        wrapper, example, os.path.join(output_dir, f"{target}_dynamic.onnx"),
+                        min_size=size_range[0], max_size=size_range[1],
+                        opset=DYNAMIC_ONNX_OPSET if opset is None else opset)
+                    run = functools.partial(run_onnx, path)
                 # Also checked at a larger size: one program serves every size in its range.
                 h, w = example.shape[-2:]
                 other = _example_input(cfg, model, target, (h + 32, w + 64), batch, seed + 1)
                 for x in (example, other):
                     with torch.no_grad():
-                        ref, out = _as_tuple(wrapper(x)), _as_tuple(program.module()(x))
+                        ref, out = _as_tuple(wrapper(x)), _as_tuple(run(x))
                     rows.append(_parity_row(target, fmt, path, wrapper, x, ref, out))
                 continue
             if fmt == "torchscript":
@@ -534,7 +658,8 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
                 with torch.no_grad():
                     outputs = _as_tuple(module(example))
             else:
-                path = export_onnx(wrapper, example, os.path.join(output_dir, f"{target}.onnx"), opset)
+                path = export_onnx(wrapper, example, os.path.join(output_dir, f"{target}.onnx"),
+                                   DEFAULT_OPSET if opset is None else opset)
                 outputs = run_onnx(path, example)
             rows.append(_parity_row(target, fmt, path, wrapper, example, reference, outputs))
     return rows
@@ -560,16 +685,21 @@ def export_parser():
     parser.add_argument("--what", nargs="+", default=["backbone", "detector"],
                         choices=["backbone", "detector"])
     parser.add_argument("--format", nargs="+", default=["torchscript", "onnx"],
-                        choices=["export", "torchscript", "onnx"],
-                        help="export: torch.export with dynamic height/width (backbone.pt2, "
-                             "backbone only); torchscript, onnx: fixed input size")
+                        choices=list(EXPORT_FORMATS),
+                        help="export: torch.export with dynamic height/width (backbone.pt2); "
+                             "onnx-dynamic: ONNX with dynamic height/width "
+                             "(backbone_dynamic.onnx); both backbone only, checked at two sizes; "
+                             "torchscript, onnx: fixed input size")
     parser.add_argument("--input-size", type=int, nargs=2, default=[320, 448], metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1, help="batch of the backbone export")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--opset", type=int, default=None,
+                        help=f"ONNX opset (default {DEFAULT_OPSET} for onnx, "
+                             f"{DYNAMIC_ONNX_OPSET} for onnx-dynamic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random example image")
     parser.add_argument("--size-range", type=int, nargs=2, default=[128, 2048],
                         metavar=("MIN", "MAX"),
-                        help="height/width range of the 'export' program (multiples of 32)")
+                        help="height/width range of the 'export' program and the "
+                             "'onnx-dynamic' graph (multiples of 32)")
     parser.add_argument("--json", help="also write the parity table to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
@@ -595,7 +725,7 @@ def export_main(argv=None) -> List[dict]:
     for row in rows:
         diffs = ", ".join(f"{n} {d:.3g} (of max |x| {r:.3g})" for n, d, r in
                           zip(row["outputs"], row["max_abs_diff"], row["max_abs_ref"]))
-        print(f"{row['what']:8s} {row['format']:11s} {row['path']}  input {row['input_shape']}\n"
+        print(f"{row['what']:8s} {row['format']:12s} {row['path']}  input {row['input_shape']}\n"
               f"    max |exported - eager|: {diffs}")
     if args.json:
         with open(args.json, "w") as f:

@@ -6,12 +6,16 @@ Examples:
     python tools/export_model.py --config-file configs/quickstart/faster_rcnn_SSB_R_50_FPN_shapes.yaml \\
         --what backbone --format export --input-size 320 448 --output export/
     python tools/export_model.py --config-file configs/quickstart/faster_rcnn_SSB_R_50_FPN_shapes.yaml \\
+        --what backbone --format onnx-dynamic --input-size 128 160 --output export/
+    python tools/export_model.py --config-file configs/quickstart/faster_rcnn_SSB_R_50_FPN_shapes.yaml \\
         --output export/ MODEL.WEIGHTS output/model_final.pth
     python tools/export_model.py --config-file X.yaml --what backbone --format onnx \\
         --input-size 800 1216 --opset 17 --output export/
 
-``--format export`` (torch.export) serves every height/width in ``--size-range`` (multiples of
-32); TorchScript and ONNX graphs are specialised to ``--input-size`` (see ssb_det/export.py).
+``--format export`` (torch.export) and ``--format onnx-dynamic`` (ONNX, checked in
+onnxruntime) serve every height/width in ``--size-range`` (multiples of 32; backbone only);
+TorchScript and ``--format onnx`` graphs are specialised to ``--input-size`` (see
+ssb_det/export.py).
 Thin wrapper over :func:`ssb_det.export.export_main`.
 """
 import sys

@@ -22,7 +22,8 @@ __all__ = ["SUPPORTED_EXPORT_ROUTES", "refuse_scripting", "guard_traced_size"]
 
 SUPPORTED_EXPORT_ROUTES = (
     "torch.export.export with dynamic height/width (ssb_det.export.export_program, any size "
-    "in its range); torch.jit.trace or ONNX at a fixed input size; both through "
+    "in its range); ONNX with dynamic height/width (ssb_det.export.export_onnx_dynamic); "
+    "torch.jit.trace or ONNX at a fixed input size; all through "
     "python tools/export_model.py (see docs/reliability.md, 'Export')"
 )
 
