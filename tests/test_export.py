@@ -390,71 +390,59 @@ def test_detector_export_refuses_other_meta_architectures():
     BackboneExport(model.backbone)  # its backbone exports as any other
 
 
-@pytest.mark.slow
-def test_export_model_cli(tmp_path):
+NARROW_OPTS = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+               "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16"]
+
+
+def _export_cli(tmp_path, *args):
+    """Run tools/export_model.py on the narrow quickstart backbone; (stdout + stderr, rows)."""
     config = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
-    out = tmp_path / "export"
     report = tmp_path / "parity.json"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
-           "--output", str(out), "--what", "backbone", "--input-size", "50", "70",
-           "--json", str(report), "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-           "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-           "MODEL.FPN.OUT_CHANNELS", "16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+           "--output", str(tmp_path / "export"), "--what", "backbone", *args,
+           "--json", str(report), *NARROW_OPTS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "max |exported - eager|" in proc.stdout
-    rows = json.loads(report.read_text())
-    assert [(r["what"], r["format"]) for r in rows] == [("backbone", "torchscript"), ("backbone", "onnx")]
+    return proc.stdout + proc.stderr, json.loads(report.read_text())
+
+
+def _assert_parity(rows, rel=1e-5):
     for row in rows:
         assert os.path.isfile(row["path"])
+        for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
+            assert diff <= rel * max(ref, 1.0)
+
+
+@pytest.mark.slow
+def test_export_model_cli(tmp_path):
+    out, rows = _export_cli(tmp_path, "--input-size", "50", "70")
+    assert "max |exported - eager|" in out
+    assert [(r["what"], r["format"]) for r in rows] == [("backbone", "torchscript"), ("backbone", "onnx")]
+    for row in rows:
         assert row["input_shape"] == [1, 3, 64, 96]  # rounded up to size_divisibility 32
         assert row["outputs"] == ["p2", "p3", "p4", "p5", "p6"]
-        for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
-            assert diff <= 1e-5 * max(ref, 1.0)
+    _assert_parity(rows)
 
 
 @pytest.mark.slow
 def test_export_model_cli_torch_export_checks_two_sizes(tmp_path):
-    config = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
-    report = tmp_path / "parity.json"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
-           "--output", str(tmp_path / "export"), "--what", "backbone", "--format", "export",
-           "--input-size", "128", "160", "--json", str(report),
-           "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-           "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(report.read_text())
+    _, rows = _export_cli(tmp_path, "--format", "export", "--input-size", "128", "160")
     assert [r["input_shape"] for r in rows] == [[1, 3, 128, 160], [1, 3, 160, 224]]
-    for row in rows:
-        assert row["format"] == "export" and row["path"].endswith("backbone.pt2")
-        for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
-            assert diff <= 1e-5 * max(ref, 1.0)
+    assert all(r["format"] == "export" and r["path"].endswith("backbone.pt2") for r in rows)
+    _assert_parity(rows)
 
 
 @pytest.mark.slow
 def test_export_model_cli_dynamic_onnx_checks_two_sizes_in_onnxruntime(tmp_path):
-    config = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
-    report = tmp_path / "parity.json"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
-           "--output", str(tmp_path / "export"), "--what", "backbone", "--format", "onnx-dynamic",
-           "--input-size", "128", "160", "--json", str(report),
-           "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-           "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Defaulted to INTS" not in proc.stdout + proc.stderr  # the exporter's noise is muted
-    rows = json.loads(report.read_text())
+    out, rows = _export_cli(tmp_path, "--format", "onnx-dynamic", "--input-size", "128", "160")
+    assert "Defaulted to INTS" not in out  # the exporter's noise is muted
     assert [r["input_shape"] for r in rows] == [[1, 3, 128, 160], [1, 3, 160, 224]]
-    for row in rows:
-        assert row["format"] == "onnx-dynamic" and row["path"].endswith("backbone_dynamic.onnx")
-        # float32 in onnxruntime vs eager float32, random-init (mildly peaked) saliencies:
-        # the fixed-size ONNX route's bound (~1e-6 relative measured, 1e-5 allowed).
-        for diff, ref in zip(row["max_abs_diff"], row["max_abs_ref"]):
-            assert diff <= 1e-5 * max(ref, 1.0)
+    assert all(r["format"] == "onnx-dynamic" and r["path"].endswith("backbone_dynamic.onnx")
+               for r in rows)
+    # float32 in onnxruntime vs eager float32, random-init (mildly peaked) saliencies:
+    # the fixed-size ONNX route's bound (~1e-6 relative measured, 1e-5 allowed).
+    _assert_parity(rows)
 
 
 def test_export_model_refuses_dynamic_formats_for_detectors(tmp_path):
