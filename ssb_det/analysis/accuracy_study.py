@@ -26,7 +26,7 @@ from .benchmark import time_interleaved
 from .models import build_detector, load_cfg, random_image
 from .report import part_macs
 
-__all__ = ["VARIANTS", "PAIRS", "Run", "plan_runs", "run_all", "collect", "paired_difference",
+__all__ = ["VARIANTS", "INIT_FROM", "PAIRS", "Run", "plan_runs", "run_all", "collect", "paired_difference",
            "summarize", "format_markdown", "format_csv", "write_plot", "main"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,6 +41,17 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 saliency LR x3": "faster_rcnn_SSB_R_50_salr3_FPN_small.yaml",
     "SSB-R50 saliency LR x10": "faster_rcnn_SSB_R_50_salr10_FPN_small.yaml",
     "SSB-R50 bounded saliency LR x10": "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
+    # The pretrained path: the same networks started from the plain R50 run of the same seed
+    # (its model_final.pth, loaded like converted weights: the saliency convs start at zero).
+    "R50 continued": "faster_rcnn_R_50_FPN_small.yaml",
+    "SSB-R50 from R50": "faster_rcnn_SSB_R_50_FPN_small.yaml",
+    "SSB-R50 uniform from R50": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
+}
+# variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
+INIT_FROM: Dict[str, str] = {
+    "R50 continued": "R50",
+    "SSB-R50 from R50": "R50",
+    "SSB-R50 uniform from R50": "R50",
 }
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
@@ -49,7 +60,9 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 saliency LR x3", "SSB-R50 uniform"), ("SSB-R50 saliency LR x10", "SSB-R50"),
          ("SSB-R50 saliency LR x10", "SSB-R50 uniform"),
          ("SSB-R50 bounded saliency LR x10", "SSB-R50"),
-         ("SSB-R50 bounded saliency LR x10", "SSB-R50 uniform"))
+         ("SSB-R50 bounded saliency LR x10", "SSB-R50 uniform"),
+         ("SSB-R50 from R50", "SSB-R50 uniform from R50"), ("SSB-R50 from R50", "R50 continued"),
+         ("SSB-R50 uniform from R50", "R50 continued"), ("R50 continued", "R50"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",
@@ -66,6 +79,7 @@ class Run:
     seed: int
     config: str
     output_dir: str
+    init_weights: Optional[str] = None  # another run's model_final.pth (INIT_FROM)
 
     @property
     def results_file(self) -> str:
@@ -75,21 +89,40 @@ class Run:
     def done(self) -> bool:
         return os.path.isfile(self.results_file)
 
+    @property
+    def ready(self) -> bool:
+        """Whether the run it starts from (if any) has finished training."""
+        return self.init_weights is None or os.path.isfile(self.init_weights)
+
+
+def _run_dir(output: str, variant: str, seed: int) -> str:
+    return os.path.join(output, "runs", variant.replace(" ", "_"), f"seed{seed}")
+
 
 def plan_runs(variants: Sequence[str], seeds: Sequence[int], output: str) -> List[Run]:
-    """One :class:`Run` per variant and seed, seeds outermost (a partial study is balanced)."""
+    """One :class:`Run` per variant and seed, seeds outermost (a partial study is balanced).
+
+    A variant in INIT_FROM starts from its source variant's final weights of the same seed;
+    the source's runs are added to the plan (before it) when not asked for.
+    """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown study variants {unknown}; known: {list(VARIANTS)}")
-    return [Run(v, s, os.path.join(CONFIG_DIR, VARIANTS[v]),
-                os.path.join(output, "runs", v.replace(" ", "_"), f"seed{s}"))
-            for s in seeds for v in variants]
+    sources = [INIT_FROM[v] for v in variants if v in INIT_FROM]
+    ordered = list(dict.fromkeys([s for s in sources if s not in variants] + list(variants)))
+    ordered.sort(key=lambda v: v in INIT_FROM)  # sources first within each seed
+    return [Run(v, s, os.path.join(CONFIG_DIR, VARIANTS[v]), _run_dir(output, v, s),
+                os.path.join(_run_dir(output, INIT_FROM[v], s), "model_final.pth")
+                if v in INIT_FROM else None)
+            for s in seeds for v in ordered]
 
 
 def _command(run: Run, opts: Sequence[str]) -> List[str]:
+    # With --resume, Detectron2 loads MODEL.WEIGHTS only when the run has no checkpoint yet.
+    init = ["MODEL.WEIGHTS", run.init_weights] if run.init_weights else []
     return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--resume",
             "--config-file", run.config, "SEED", str(run.seed), "OUTPUT_DIR", run.output_dir,
-            *opts]
+            *init, *opts]
 
 
 def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
@@ -104,8 +137,9 @@ def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     running, failed, finished = [], [], len(runs) - len(todo)
     while todo or running:
-        while todo and len(running) < jobs:
-            run = todo.pop(0)
+        while len(running) < jobs and any(r.ready for r in todo):
+            run = next(r for r in todo if r.ready)
+            todo.remove(run)
             os.makedirs(run.output_dir, exist_ok=True)
             out = open(os.path.join(run.output_dir, "study_stdout.log"), "a")
             proc = subprocess.Popen(_command(run, opts), stdout=out, stderr=subprocess.STDOUT,
@@ -129,6 +163,9 @@ def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
             ap = _read_metrics(run)["AP"]
             log(f"study: [{finished}/{len(runs)}] {run.variant} seed {run.seed}: "
                 f"box AP {ap:.2f} in {minutes:.1f} min")
+        if todo and not running and not any(r.ready for r in todo):
+            failed += todo  # their source runs failed
+            todo = []
     if failed:
         raise RuntimeError("study runs failed: " + ", ".join(
             f"{r.variant} seed {r.seed} ({r.output_dir})" for r in failed))

@@ -9,7 +9,9 @@ from detectron2.config import get_cfg
 
 from ssb_det.analysis.accuracy_study import (
     CONFIG_DIR,
+    INIT_FROM,
     VARIANTS,
+    _command,
     paired_difference,
     plan_runs,
     summarize,
@@ -30,6 +32,10 @@ DEFINING_KEYS = {
     "SSB-R50 saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0},
     "SSB-R50 bounded saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                         "MODEL.SSB.SALIENCY_BOUND": 2.0},
+    # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
+    "R50 continued": {"MODEL.SSB.ENABLED": False},
+    "SSB-R50 from R50": {},
+    "SSB-R50 uniform from R50": {"MODEL.SSB.UNIFORM": True},
 }
 
 
@@ -80,24 +86,50 @@ def test_unknown_variant_is_refused_with_the_known_ones():
         plan_runs(["SSB-R51"], [1], "/tmp/x")
 
 
+def test_pretrained_variants_start_from_their_sources_run_of_the_same_seed(tmp_path):
+    assert set(INIT_FROM) <= set(VARIANTS) and set(INIT_FROM.values()) <= set(VARIANTS)
+    runs = plan_runs(["SSB-R50 from R50", "SSB-R50"], [1, 2], str(tmp_path))
+    # The source variant is added, and comes before the runs that need it within each seed.
+    assert [(r.variant, r.seed) for r in runs] == [
+        ("R50", 1), ("SSB-R50", 1), ("SSB-R50 from R50", 1),
+        ("R50", 2), ("SSB-R50", 2), ("SSB-R50 from R50", 2)]
+    by_key = {(r.variant, r.seed): r for r in runs}
+    fine_tune, source = by_key["SSB-R50 from R50", 2], by_key["R50", 2]
+    assert fine_tune.init_weights == os.path.join(source.output_dir, "model_final.pth")
+    assert by_key["SSB-R50", 2].init_weights is None and by_key["SSB-R50", 2].ready
+    cmd = _command(fine_tune, [])
+    assert cmd[cmd.index("MODEL.WEIGHTS") + 1] == fine_tune.init_weights
+    assert "MODEL.WEIGHTS" not in _command(source, [])
+    assert not fine_tune.ready  # the R50 run has not trained yet
+    os.makedirs(source.output_dir)
+    open(fine_tune.init_weights, "w").close()
+    assert fine_tune.ready
+
+
 @pytest.mark.slow
 def test_quick_study_trains_evaluates_tabulates_and_resumes(tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "accuracy_study.py"), "--quick",
-           "--seeds", "2", "--variants", "SSB-R50", "SSB-R50 uniform", "--output", str(tmp_path)]
+           "--seeds", "2", "--variants", "SSB-R50", "SSB-R50 from R50", "--output", str(tmp_path)]
     env = dict(os.environ, MPLBACKEND="Agg")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "0 of 4 runs done" in first.stdout
+    assert "0 of 6 runs done" in first.stdout  # R50 added as the fine-tuned runs' source
     with open(tmp_path / "accuracy_study.json") as f:
         result = json.load(f)
     assert sorted((r["variant"], r["seed"]) for r in result["runs"]) == [
-        ("SSB-R50", 1), ("SSB-R50", 2), ("SSB-R50 uniform", 1), ("SSB-R50 uniform", 2)]
-    assert [(p["a"], p["b"]) for p in result["pairs"]] == [("SSB-R50", "SSB-R50 uniform")]
-    adaptive, uniform = result["variants"]["SSB-R50"], result["variants"]["SSB-R50 uniform"]
-    # The adaptive runs logged their sampling statistics; the uniform ones have none.
-    assert "density_ratio" in adaptive and "density_ratio" not in uniform
+        ("R50", 1), ("R50", 2), ("SSB-R50", 1), ("SSB-R50", 2),
+        ("SSB-R50 from R50", 1), ("SSB-R50 from R50", 2)]
+    assert [(p["a"], p["b"]) for p in result["pairs"]] == [("SSB-R50", "R50")]
+    adaptive, plain = result["variants"]["SSB-R50"], result["variants"]["R50"]
+    # The adaptive runs logged their sampling statistics; the plain ones have none.
+    assert "density_ratio" in adaptive and "density_ratio" not in plain
     assert adaptive["bottom_up_gmacs"] > 0 and adaptive["latency_ms"] > 0
     for ext in ("md", "csv", "png"):
         assert (tmp_path / f"accuracy_study.{ext}").stat().st_size > 0
+    # Each fine-tuned run loaded its own seed's R50 weights.
+    for seed in (1, 2):
+        log = (tmp_path / "runs" / "SSB-R50_from_R50" / f"seed{seed}" / "log.txt").read_text()
+        source = tmp_path / "runs" / "R50" / f"seed{seed}" / "model_final.pth"
+        assert f"Loading from {source}" in log
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert again.returncode == 0 and "4 of 4 runs done, 0 to run" in again.stdout
+    assert again.returncode == 0 and "6 of 6 runs done, 0 to run" in again.stdout
