@@ -6,10 +6,11 @@
 - Saves go to a temporary file in the same directory, are fsync'ed, then ``os.replace``'d
   over the target, so a run killed while saving leaves the previous file intact.
 """
+import contextlib
 import os
 import pickle
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -20,6 +21,7 @@ __all__ = [
     "load_pkl",
     "load_pth",
     "load_checkpoint_file",
+    "atomic_path",
     "atomic_torch_save",
     "atomic_write_text",
     "SSBCheckpointer",
@@ -108,20 +110,28 @@ def load_checkpoint_file(path: str) -> Any:
     return load_pkl(path) if path.endswith(".pkl") else load_pth(path)
 
 
-def _atomic_write(path: str, write) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside ``path`` to write to (for writers that take a file name);
+    fsync'ed and moved over ``path`` when the block succeeds, removed when it fails."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write(path: str, write) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -53,12 +53,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import SSBCheckpointer, atomic_path
+
 __all__ = [
     "export_main",
     "export_program",
     "dynamic_size_dims",
     "export_parser",
     "EXPORT_FORMATS",
+    "DYNAMIC_FORMATS",
     "MIN_OPSET",
     "DEFAULT_OPSET",
     "BackboneExport",
@@ -81,6 +84,8 @@ DEFAULT_OPSET = 17
 
 # Formats of export_from_config / tools/export_model.py.
 EXPORT_FORMATS = ("export", "onnx-dynamic", "torchscript", "onnx")
+# Those with dynamic height/width (the backbone only).
+DYNAMIC_FORMATS = ("export", "onnx-dynamic")
 
 
 # ------------------------------------------------------------------------------------ wrappers
@@ -336,11 +341,8 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
     guarded = torch.jit.script(_FixedSizeGuard(traced, [int(example.shape[-2]), int(example.shape[-1])]))
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # Written to a temporary name and renamed: no truncated file if interrupted.
-        tmp = path + ".tmp"
-        guarded.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # no truncated file if interrupted
+            guarded.save(tmp)
     return guarded
 
 
@@ -410,10 +412,8 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Optional[str
     with torch.no_grad():
         program = torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.export.save(program, tmp)
     return program
 
 
@@ -434,12 +434,9 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int
     if opset < MIN_OPSET:
         raise ValueError(f"ONNX export of SSB models needs opset >= {MIN_OPSET}; "
                          f"got {opset}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with onnx_symbolics(opset), _tracing_mode(wrapper):
+    with atomic_path(path) as tmp, onnx_symbolics(opset), _tracing_mode(wrapper):
         torch.onnx.export(wrapper, (example,), tmp, opset_version=opset, dynamo=False,
                           input_names=[input_name], output_names=list(wrapper.output_names))
-    os.replace(tmp, path)
     return path
 
 
@@ -521,22 +518,19 @@ def export_onnx_dynamic(wrapper: nn.Module, example: torch.Tensor, path: str, *,
         raise ImportError("ONNX export with dynamic height/width needs onnxscript (torch.onnx's "
                           "dynamo exporter): run `bash install.sh` or `pip install "
                           "onnxscript==0.7.2`") from e
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
     # onnx_ir warns once per empty attribute list ("Defaulted to INTS", the right type),
     # hundreds of lines that would bury the parity report.
     ir_logger = logging.getLogger("onnx_ir._convenience")
     level = ir_logger.level
     ir_logger.setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with atomic_path(path) as tmp, torch.no_grad():
             torch.onnx.export(wrapper, (example,), tmp, dynamo=True, opset_version=opset,
                               dynamic_shapes=(dims,), custom_translation_table=onnx_dynamic_rules(),
                               input_names=[input_name], output_names=list(wrapper.output_names),
                               external_data=False, verbose=False)
     finally:
         ir_logger.setLevel(level)
-    os.replace(tmp, path)
     return path
 
 
@@ -613,12 +607,10 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
     """
     from detectron2.modeling import build_model
 
-    from .checkpoint import SSBCheckpointer
-
     unknown = set(what) - {"backbone", "detector"} | set(formats) - set(EXPORT_FORMATS)
     if unknown:
         raise ValueError(f"unknown export targets/formats: {sorted(unknown)}")
-    dynamic = [f for f in formats if f in ("export", "onnx-dynamic")]
+    dynamic = [f for f in formats if f in DYNAMIC_FORMATS]
     if dynamic and "detector" in what:
         raise ValueError(f"format(s) {dynamic} (dynamic height/width) cover the backbone only; "
                          "export the detector with 'torchscript' or 'onnx' (fixed size)")
@@ -633,7 +625,7 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
         with torch.no_grad():
             reference = _as_tuple(wrapper(example))
         for fmt in formats:
-            if fmt in ("export", "onnx-dynamic"):
+            if fmt in DYNAMIC_FORMATS:
                 if fmt == "export":
                     path = os.path.join(output_dir, f"{target}.pt2")
                     run = export_program(wrapper, example, path, min_size=size_range[0],

@@ -33,6 +33,7 @@ from ssb_det.export import (
 )
 from ssb_det.layers import SaliencySampler
 from ssb_det.modeling import SSBBottleneckBlock
+from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -390,17 +391,13 @@ def test_detector_export_refuses_other_meta_architectures():
     BackboneExport(model.backbone)  # its backbone exports as any other
 
 
-NARROW_OPTS = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-               "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16"]
-
-
 def _export_cli(tmp_path, *args):
     """Run tools/export_model.py on the narrow quickstart backbone; (stdout + stderr, rows)."""
     config = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_SSB_R_50_FPN_shapes.yaml")
     report = tmp_path / "parity.json"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
            "--output", str(tmp_path / "export"), "--what", "backbone", *args,
-           "--json", str(report), *NARROW_OPTS]
+           "--json", str(report), *NARROW_HOST_OPTS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -483,3 +480,20 @@ def test_plain_trace_refuses_another_size_instead_of_wrong_features(uniform):
             with pytest.raises(Exception, match=r"got a feature map of \d+x\d+, but was "
                                                    r"traced at \d+x\d+"):
                 traced(torch.randn(1, 3, *size))
+
+
+def test_a_failed_export_keeps_the_previous_file_and_leaves_no_temporary(backbone, tmp_path,
+                                                                         monkeypatch):
+    path = tmp_path / "backbone.onnx"
+    path.write_bytes(b"the previous export")
+
+    def write_half_then_fail(model, args, f, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half an ONNX fi")
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", write_half_then_fail)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_onnx(backbone, torch.randn(1, 3, 64, 64), str(path))
+    assert path.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["backbone.onnx"]

@@ -28,6 +28,7 @@ from ssb_det.data.validation import (
     read_image,
     validate_coco_json,
 )
+from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 
 # ---------------------------------------------------------------------------- image files
 
@@ -164,9 +165,7 @@ def _tiny_rcnn(name):
     cfg.merge_from_list([
         "MODEL.BACKBONE.NAME", "build_ssb_resnet_fpn_backbone", "MODEL.DEVICE", "cpu",
         "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+        *NARROW_HOST_OPTS, "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "2",
         "DATASETS.TRAIN", f"('{name}',)", "DATALOADER.NUM_WORKERS", "0",
         "INPUT.MIN_SIZE_TRAIN", "(40,)", "INPUT.MAX_SIZE_TRAIN", "64",
     ])

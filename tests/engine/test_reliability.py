@@ -13,6 +13,7 @@ import torch
 
 import ssb_det
 from ssb_det.checkpoint import SSBCheckpointer, load_checkpoint_file
+from narrow_host import NARROW_HOST_OPTS
 from subprocess_env import env_with_test_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,9 +27,7 @@ TINY = [
     "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+    *NARROW_HOST_OPTS, "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
 ]
 ENV = env_with_test_datasets(dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
 
