@@ -36,6 +36,8 @@ DEFINING_KEYS = {
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
     "SSB-R50 uniform from R50": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 continued": {},
+    "SSB-R50 uniform continued": {"MODEL.SSB.UNIFORM": True},
 }
 
 
