@@ -32,7 +32,9 @@ from ssb_det.export import (
     run_onnx,
 )
 from ssb_det.layers import SaliencySampler
+from ssb_det.layers.sampling_stats import separable_statistics
 from ssb_det.modeling import SSBBottleneckBlock
+from ssb_det.modeling.blocks import learned_ssb_blocks
 from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -352,10 +354,33 @@ def tiny_rcnn_cfg(zoo="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"):
     return cfg
 
 
+def _largest_density_ratio(model, image):
+    """Largest over SSB blocks of the sampling density ratio (1 = uniform) on ``image``."""
+    ratios = []
+    hooks = [block.sampler.register_forward_hook(
+        lambda m, i, grid: ratios.append(float(separable_statistics(grid.knots_y, grid.knots_x)[1].max())))
+        for block in learned_ssb_blocks(model).values()]
+    with torch.no_grad():
+        model.inference([{"image": image}], do_postprocess=False)
+    for h in hooks:
+        h.remove()
+    return max(ratios)
+
+
+def _match_detections(reference, outputs):
+    """Index into ``outputs`` of each reference detection: the same class and the nearest box
+    (L-inf). Order-free: near-tied scores may come out in another order."""
+    ref_boxes, ref_classes = reference[0], reference[2]
+    out_boxes, out_classes = outputs[0], outputs[2].to(ref_classes.dtype)
+    dist = (ref_boxes[:, None] - out_boxes[None]).abs().amax(-1)
+    dist[ref_classes[:, None] != out_classes[None]] = float("inf")
+    return dist.min(1)
+
+
 @pytest.mark.slow
 def test_whole_mask_rcnn_exports_and_matches_eager_on_other_images(tmp_path):
     torch.manual_seed(0)
-    model = non_uniform_saliency(build_model(tiny_rcnn_cfg()).eval(), std=1e-3)
+    model = non_uniform_saliency(build_model(tiny_rcnn_cfg()).eval(), std=1e-2)
     # Spread the random class scores: with the default init every score is ~1/5, and
     # float-rounding differences (~1e-7) would reorder near-tied detections.
     torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.5)
@@ -363,6 +388,8 @@ def test_whole_mask_rcnn_exports_and_matches_eager_on_other_images(tmp_path):
     assert wrapper.output_names == ["boxes", "scores", "classes", "masks"]
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(3, 64, 96, generator=gen) * 255
+    # Far from uniform: some blocks sample parts of their map 100x denser than others.
+    assert _largest_density_ratio(model, example) > 100
     scripted = export_torchscript(wrapper, example, str(tmp_path / "detector.pt"))
     onnx_path = export_onnx(wrapper, example, str(tmp_path / "detector.onnx"))
     counts = set()
@@ -375,10 +402,14 @@ def test_whole_mask_rcnn_exports_and_matches_eager_on_other_images(tmp_path):
             counts.add(len(reference[0]))
             outputs = {"torchscript": scripted(image), "onnx": run_onnx(onnx_path, image)}
         for fmt, out in outputs.items():
-            diffs = max_abs_diffs(reference, out)
-            # px, probability, class, mask probability
-            assert diffs[0] < 0.05 and diffs[1] < 1e-3 and diffs[3] < 1e-2, (fmt, diffs)
-            assert torch.equal(reference[2], out[2].to(reference[2].dtype)), fmt
+            assert len(out[0]) == len(reference[0]), fmt
+            box_diff, match = _match_detections(reference, out)
+            assert sorted(match.tolist()) == list(range(len(match))), fmt  # one to one
+            # px, probability, mask probability: float32 rounding, amplified by the peaked
+            # sampling; a wrong or missing detection would differ by whole pixels.
+            assert box_diff.max() < 0.05, (fmt, box_diff.max())
+            assert (reference[1] - out[1][match]).abs().max() < 1e-2, fmt
+            assert (reference[3] - out[3][match]).abs().max() < 1e-2, fmt
     assert len(counts) > 1, "the test images should give different numbers of detections"
 
 
