@@ -51,6 +51,7 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 continued": "faster_rcnn_SSB_R_50_FPN_small.yaml",
     "SSB-R50 uniform continued": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
     "SSB-R50 bounded saliency LR x10 from R50": "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
+    "SSB-R101 continued": "faster_rcnn_SSB_R_101_FPN_small.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -60,6 +61,7 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R50 continued": "SSB-R50",
     "SSB-R50 uniform continued": "SSB-R50 uniform",
     "SSB-R50 bounded saliency LR x10 from R50": "R50",
+    "SSB-R101 continued": "SSB-R101",
 }
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
@@ -74,7 +76,8 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 continued", "SSB-R50 uniform continued"), ("SSB-R50 continued", "R50 continued"),
          ("SSB-R50 uniform continued", "R50 continued"),
          ("SSB-R50 bounded saliency LR x10 from R50", "SSB-R50 uniform from R50"),
-         ("SSB-R50 bounded saliency LR x10 from R50", "SSB-R50 from R50"))
+         ("SSB-R50 bounded saliency LR x10 from R50", "SSB-R50 from R50"),
+         ("SSB-R101 continued", "R50 continued"), ("SSB-R101 continued", "SSB-R50 continued"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

@@ -40,6 +40,7 @@ DEFINING_KEYS = {
     "SSB-R50 uniform continued": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 bounded saliency LR x10 from R50": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                                  "MODEL.SSB.SALIENCY_BOUND": 2.0},
+    "SSB-R101 continued": {"MODEL.RESNETS.DEPTH": 101},
 }
 
 
