@@ -26,8 +26,8 @@ from .benchmark import time_interleaved
 from .models import build_detector, load_cfg, random_image
 from .report import part_macs
 
-__all__ = ["VARIANTS", "INIT_FROM", "PAIRS", "Run", "plan_runs", "run_all", "collect", "paired_difference",
-           "summarize", "format_markdown", "format_csv", "write_plot", "main"]
+__all__ = ["VARIANTS", "INIT_FROM", "PAIRS", "Run", "plan_runs", "run_all", "collect",
+           "paired_difference", "summarize", "format_markdown", "format_csv", "write_plot", "main"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "study")
