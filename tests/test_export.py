@@ -359,9 +359,12 @@ def tiny_rcnn_cfg(zoo="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"):
 def _largest_density_ratio(model, image):
     """Largest over SSB blocks of the sampling density ratio (1 = uniform) on ``image``."""
     ratios = []
-    hooks = [block.sampler.register_forward_hook(
-        lambda m, i, grid: ratios.append(float(separable_statistics(grid.knots_y, grid.knots_x)[1].max())))
-        for block in learned_ssb_blocks(model).values()]
+
+    def record(module, inputs, grid):
+        ratios.append(float(separable_statistics(grid.knots_y, grid.knots_x)[1].max()))
+
+    hooks = [block.sampler.register_forward_hook(record)
+             for block in learned_ssb_blocks(model).values()]
     with torch.no_grad():
         model.inference([{"image": image}], do_postprocess=False)
     for h in hooks:

@@ -50,7 +50,8 @@ VARIANTS: Dict[str, str] = {
     # restarted from its own final weights).
     "SSB-R50 continued": "faster_rcnn_SSB_R_50_FPN_small.yaml",
     "SSB-R50 uniform continued": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
-    "SSB-R50 bounded saliency LR x10 from R50": "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
+    "SSB-R50 bounded saliency LR x10 from R50":
+        "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
     "SSB-R101 continued": "faster_rcnn_SSB_R_101_FPN_small.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
