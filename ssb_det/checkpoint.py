@@ -110,6 +110,16 @@ def load_checkpoint_file(path: str) -> Any:
     return load_pkl(path) if path.endswith(".pkl") else load_pth(path)
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it.
+_UMASK = _process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A temporary path beside ``path`` to write to (for writers that take a file name);
@@ -122,6 +132,8 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode open() would have.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

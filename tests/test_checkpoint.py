@@ -27,3 +27,17 @@ def test_initialising_from_mismatched_weights_only_skips_them(tmp_path):
     before = dst[0].weight.clone()
     SSBCheckpointer(dst, save_dir=str(tmp_path / "run")).resume_or_load(path, resume=True)
     assert torch.equal(dst[0].weight, before)  # skipped, as Detectron2 does for MODEL.WEIGHTS
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    from ssb_det.checkpoint import atomic_path, atomic_torch_save
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    atomic_torch_save({"a": 1}, str(tmp_path / "saved.pth"))
+    with atomic_path(str(tmp_path / "exported.onnx")) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"graph")
+    expected = os.stat(plain).st_mode & 0o777
+    for name in ("saved.pth", "exported.onnx"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected, name
