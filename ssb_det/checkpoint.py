@@ -9,7 +9,7 @@
 import contextlib
 import os
 import pickle
-import tempfile
+import uuid
 from typing import Any, Dict, Iterator
 
 import torch
@@ -110,30 +110,19 @@ def load_checkpoint_file(path: str) -> Any:
     return load_pkl(path) if path.endswith(".pkl") else load_pth(path)
 
 
-def _process_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# Read once, at import: os.umask can only be read by setting it.
-_UMASK = _process_umask()
-
-
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A temporary path beside ``path`` to write to (for writers that take a file name);
     fsync'ed and moved over ``path`` when the block succeeds, removed when it fails."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    # Created as open() creates files (mode 0666 less the umask), unlike mkstemp's 0600.
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode open() would have.
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
