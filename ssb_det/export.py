@@ -13,14 +13,14 @@ and its FPN). :func:`export_onnx_dynamic` turns that program into ONNX with dyna
 and width (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``), with one export
 rule, :func:`onnx_dynamic_rules` (adaptive pooling windows from the runtime size).
 
-Fixed input size: ``torch.jit.trace`` and the TorchScript-based ``torch.onnx.export``
-(``dynamo=False``, :func:`export_onnx`) record those sizes as constants, so a trace is
-valid for the traced ``H x W`` only. The TorchScript file is therefore a scripted guard
-that raises a clear error for another size (without it, a trace silently computes wrong
-features), and the ONNX graph has a static input shape
-(onnxruntime rejects other shapes). Export once per deployment size.
+Backbones and detectors: ``torch.jit.trace`` (:func:`export_torchscript`) and the
+TorchScript-based ``torch.onnx.export`` (``dynamo=False``, :func:`export_onnx`, dynamic
+height and width). Under tracing every size is a traced value, and the sampler computes
+its sampled size, lattices and image regions from it with tensor ops, so the trace
+computes at any input size what eager PyTorch computes there, as Detectron2's own traced
+models do (its ``GeneralizedRCNN`` traces are size-generic too).
 
-Fixed-size ONNX (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all
+ONNX through TorchScript (opset >= 16, for ScatterND's ``reduction`` and LessOrEqual on all
 types). PyTorch's exporter lacks, gets wrong, or onnxruntime lacks kernels for, four
 operations the sampler uses; :func:`onnx_symbolics` adds export rules for the *standard*
 ATen ops while exporting, without touching the sampler's code:
@@ -61,7 +61,7 @@ __all__ = [
     "dynamic_size_dims",
     "export_parser",
     "EXPORT_FORMATS",
-    "DYNAMIC_FORMATS",
+    "BACKBONE_ONLY_FORMATS",
     "MIN_OPSET",
     "DEFAULT_OPSET",
     "BackboneExport",
@@ -82,10 +82,10 @@ logger = logging.getLogger(__name__)
 MIN_OPSET = 16  # LessOrEqual on all types
 DEFAULT_OPSET = 17
 
-# Formats of export_from_config / tools/export_model.py.
+# Formats of export_from_config / tools/export_model.py; every one serves any input size.
 EXPORT_FORMATS = ("export", "onnx-dynamic", "torchscript", "onnx")
-# Those with dynamic height/width (the backbone only).
-DYNAMIC_FORMATS = ("export", "onnx-dynamic")
+# Those built on torch.export, which does not capture a GeneralizedRCNN: the backbone only.
+BACKBONE_ONLY_FORMATS = ("export", "onnx-dynamic")
 
 
 # ------------------------------------------------------------------------------------ wrappers
@@ -165,25 +165,6 @@ class DetectorExport(nn.Module):
         if self.mask_on:
             out = out + (instances.pred_masks,)
         return out
-
-
-class _FixedSizeGuard(nn.Module):
-    """Scripted around a trace: refuses inputs whose last two dims differ from the trace's."""
-
-    def __init__(self, traced: nn.Module, size: List[int]):
-        super().__init__()
-        self.traced = traced
-        self.size = size
-
-    def forward(self, x: torch.Tensor):
-        if x.shape[-2] != self.size[0] or x.shape[-1] != self.size[1]:
-            raise RuntimeError(
-                "ssb_det export: input size " + str(x.shape[-2]) + "x" + str(x.shape[-1])
-                + " differs from the size this model was traced for, " + str(self.size[0])
-                + "x" + str(self.size[1]) + " (the SSB sampling lattice is fixed at export); "
-                "pad/resize the input to that size or export again for this size"
-            )
-        return self.traced(x)
 
 
 # ------------------------------------------------------------------------------- ONNX rules
@@ -305,45 +286,26 @@ def _as_tuple(outputs) -> Tuple[torch.Tensor, ...]:
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
-@contextlib.contextmanager
-def _tracing_mode(module: nn.Module):
-    """Trace with autograd on (parameters requiring grad), yet leave the module unchanged.
-
-    Why: in CPU inference without autograd the SSB block takes a fused path that writes
-    into slices of a preallocated output (``out=``); tracers record neither those writes
-    nor their data flow, so the exported graph would return garbage. With autograd on, the
-    block runs the plain ``relu(inverse(y) + shortcut)``, which computes the same values.
-    """
-    frozen = [p for p in module.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-        module.zero_grad(set_to_none=True)
-
-
 def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional[str] = None):
-    """Trace ``wrapper`` on ``example`` and wrap the trace in a fixed-size guard.
+    """Trace ``wrapper`` on ``example`` (``torch.jit.trace``); the trace runs at any input
+    size (see the module's docstring).
 
     Args:
         wrapper (nn.Module): :class:`BackboneExport` or :class:`DetectorExport`, in eval mode.
-        example (Tensor): the input the trace is specialised to.
+        example (Tensor): the example input.
         path (str or None): where to save the ``.pt`` file (``torch.jit.save``).
 
     Returns:
-        torch.jit.ScriptModule: the guarded trace.
+        torch.jit.ScriptModule: the trace.
     """
-    with _tracing_mode(wrapper):
+    # Inference, as Detectron2 traces; the grids' chunked CPU paths, which write into slices
+    # of an output (not recordable), are off while tracing.
+    with torch.no_grad():
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-    guarded = torch.jit.script(_FixedSizeGuard(traced, [int(example.shape[-2]), int(example.shape[-1])]))
     if path:
         with atomic_path(path) as tmp:  # no truncated file if interrupted
-            guarded.save(tmp)
-    return guarded
+            traced.save(tmp)
+    return traced
 
 
 def dynamic_size_dims(divisor: int = 1, min_size: int = 128, max_size: int = 2048):
@@ -373,7 +335,7 @@ def _backbone_size_dims(wrapper: nn.Module, example: torch.Tensor, min_size: int
     if not isinstance(wrapper, BackboneExport):
         raise TypeError(f"{route} exports a BackboneExport (the backbone, FPN included) with "
                         f"dynamic height/width; got {type(wrapper).__name__}. Export detectors "
-                        "with export_torchscript or export_onnx (fixed size).")
+                        "with export_torchscript or export_onnx (also any input size).")
     # Multiples of 32, the ResNet's largest stride: every stage's size is then an exact
     # H / stride, which torch.export's symbolic shapes can prove consistent (at other sizes
     # it stops on unprovable guards such as (H - 1) % 4 != 0 from the strided convs).
@@ -419,7 +381,10 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Optional[str
 
 def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int = DEFAULT_OPSET,
                 input_name: str = "images") -> str:
-    """Export ``wrapper`` to ONNX with a static input shape (that of ``example``).
+    """Export ``wrapper`` to ONNX (TorchScript-based exporter) with dynamic height and width.
+
+    The graph computes the sampled sizes, lattices and image regions from the runtime size
+    (see the module's docstring), so onnxruntime runs it at any size.
 
     Args:
         wrapper (nn.Module): :class:`BackboneExport` or :class:`DetectorExport`, in eval mode.
@@ -434,9 +399,11 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: str, opset: int
     if opset < MIN_OPSET:
         raise ValueError(f"ONNX export of SSB models needs opset >= {MIN_OPSET}; "
                          f"got {opset}")
-    with atomic_path(path) as tmp, onnx_symbolics(opset), _tracing_mode(wrapper):
+    with atomic_path(path) as tmp, onnx_symbolics(opset), torch.no_grad():
         torch.onnx.export(wrapper, (example,), tmp, opset_version=opset, dynamo=False,
-                          input_names=[input_name], output_names=list(wrapper.output_names))
+                          input_names=[input_name], output_names=list(wrapper.output_names),
+                          dynamic_axes={input_name: {example.dim() - 2: "height",
+                                                     example.dim() - 1: "width"}})
     return path
 
 
@@ -587,10 +554,11 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
             ``backbone.onnx``, ``detector.pt``, ``detector.onnx`` are written.
         what (Sequence[str]): ``"backbone"`` (the model's backbone, FPN included) and/or
             ``"detector"`` (Faster/Mask R-CNN, batch 1).
-        formats (Sequence[str]): ``"export"`` (``torch.export`` with dynamic height/width,
-            ``backbone.pt2``) and ``"onnx-dynamic"`` (ONNX with dynamic height/width,
-            ``backbone_dynamic.onnx``): backbone only, checked also at a second size;
-            ``"torchscript"`` and/or ``"onnx"`` (fixed size).
+        formats (Sequence[str]): ``"export"`` (``torch.export``, ``backbone.pt2``) and
+            ``"onnx-dynamic"`` (ONNX through ``torch.export``, ``backbone_dynamic.onnx``):
+            backbone only; ``"torchscript"`` (``.pt``) and ``"onnx"`` (``.onnx``, through
+            TorchScript): backbone and detector. All take any input size (the ``torch.export``
+            ones within ``size_range``); each is checked at the example and a larger size.
         input_size (Sequence[int]): ``(H, W)`` of the example; rounded up to the backbone's
             size divisibility for ``"backbone"``.
         batch (int): batch size of the backbone example.
@@ -610,10 +578,10 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
     unknown = set(what) - {"backbone", "detector"} | set(formats) - set(EXPORT_FORMATS)
     if unknown:
         raise ValueError(f"unknown export targets/formats: {sorted(unknown)}")
-    dynamic = [f for f in formats if f in DYNAMIC_FORMATS]
-    if dynamic and "detector" in what:
-        raise ValueError(f"format(s) {dynamic} (dynamic height/width) cover the backbone only; "
-                         "export the detector with 'torchscript' or 'onnx' (fixed size)")
+    backbone_only = [f for f in formats if f in BACKBONE_ONLY_FORMATS]
+    if backbone_only and "detector" in what:
+        raise ValueError(f"format(s) {backbone_only} (built on torch.export) cover the backbone "
+                         "only; export the detector with 'torchscript' or 'onnx' (any size too)")
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         SSBCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -622,38 +590,31 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
         wrapper = BackboneExport(model.backbone) if target == "backbone" else DetectorExport(model)
         wrapper.eval()
         example = _example_input(cfg, model, target, input_size, batch, seed)
-        with torch.no_grad():
-            reference = _as_tuple(wrapper(example))
+        # Also checked at a larger size: one export serves every input size.
+        h, w = example.shape[-2:]
+        other = _example_input(cfg, model, target, (h + 32, w + 64), batch, seed + 1)
         for fmt in formats:
-            if fmt in DYNAMIC_FORMATS:
-                if fmt == "export":
-                    path = os.path.join(output_dir, f"{target}.pt2")
-                    run = export_program(wrapper, example, path, min_size=size_range[0],
-                                         max_size=size_range[1]).module()
-                else:
-                    path = export_onnx_dynamic(
-                        wrapper, example, os.path.join(output_dir, f"{target}_dynamic.onnx"),
-                        min_size=size_range[0], max_size=size_range[1],
-                        opset=DYNAMIC_ONNX_OPSET if opset is None else opset)
-                    run = functools.partial(run_onnx, path)
-                # Also checked at a larger size: one program serves every size in its range.
-                h, w = example.shape[-2:]
-                other = _example_input(cfg, model, target, (h + 32, w + 64), batch, seed + 1)
-                for x in (example, other):
-                    with torch.no_grad():
-                        ref, out = _as_tuple(wrapper(x)), _as_tuple(run(x))
-                    rows.append(_parity_row(target, fmt, path, wrapper, x, ref, out))
-                continue
-            if fmt == "torchscript":
+            if fmt == "export":
+                path = os.path.join(output_dir, f"{target}.pt2")
+                run = export_program(wrapper, example, path, min_size=size_range[0],
+                                     max_size=size_range[1]).module()
+            elif fmt == "onnx-dynamic":
+                path = export_onnx_dynamic(
+                    wrapper, example, os.path.join(output_dir, f"{target}_dynamic.onnx"),
+                    min_size=size_range[0], max_size=size_range[1],
+                    opset=DYNAMIC_ONNX_OPSET if opset is None else opset)
+                run = functools.partial(run_onnx, path)
+            elif fmt == "torchscript":
                 path = os.path.join(output_dir, f"{target}.pt")
-                module = export_torchscript(wrapper, example, path)
-                with torch.no_grad():
-                    outputs = _as_tuple(module(example))
+                run = export_torchscript(wrapper, example, path)
             else:
                 path = export_onnx(wrapper, example, os.path.join(output_dir, f"{target}.onnx"),
                                    DEFAULT_OPSET if opset is None else opset)
-                outputs = run_onnx(path, example)
-            rows.append(_parity_row(target, fmt, path, wrapper, example, reference, outputs))
+                run = functools.partial(run_onnx, path)
+            for x in (example, other):
+                with torch.no_grad():
+                    ref, out = _as_tuple(wrapper(x)), _as_tuple(run(x))
+                rows.append(_parity_row(target, fmt, path, wrapper, x, ref, out))
     return rows
 
 
@@ -678,10 +639,10 @@ def export_parser():
                         choices=["backbone", "detector"])
     parser.add_argument("--format", nargs="+", default=["torchscript", "onnx"],
                         choices=list(EXPORT_FORMATS),
-                        help="export: torch.export with dynamic height/width (backbone.pt2); "
-                             "onnx-dynamic: ONNX with dynamic height/width "
-                             "(backbone_dynamic.onnx); both backbone only, checked at two sizes; "
-                             "torchscript, onnx: fixed input size")
+                        help="export: torch.export (backbone.pt2); onnx-dynamic: ONNX through "
+                             "torch.export (backbone_dynamic.onnx); both backbone only; "
+                             "torchscript, onnx: backbone and detector. Every format takes any "
+                             "input size and is checked at two sizes")
     parser.add_argument("--input-size", type=int, nargs=2, default=[320, 448], metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1, help="batch of the backbone export")
     parser.add_argument("--opset", type=int, default=None,

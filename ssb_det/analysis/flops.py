@@ -136,7 +136,7 @@ NOT_COUNTED_OPS = (
     "aten::where", "aten::all", "aten::any", "aten::isfinite", "aten::nan_to_num",
     # max pooling and reductions (saliency grid: G x G values)
     "aten::max_pool2d", "aten::sum", "aten::softmax", "aten::_softmax", "aten::log_softmax",
-    "aten::min", "aten::argmax", "aten::cumsum", "aten::prod",
+    "aten::min", "aten::amax", "aten::argmax", "aten::cumsum", "aten::prod",
     # indexing and data movement
     "aten::gather", "aten::index_select", "aten::index", "aten::index_add",
     "aten::index_add_", "aten::scatter", "aten::scatter_add", "aten::masked_select",
@@ -169,10 +169,8 @@ ACTIVATION_HANDLES = {
 
 
 # Scripted functions a traced model calls (``prim::CallFunction``) hide their ops from the
-# tracer. These are known to cost no MACs (torchvision's batched NMS, used by the detector;
-# the SSB sampler's traced-size check, ssb_det/layers/export_guards.py).
-NOT_COUNTED_FUNCTIONS = ("_batched_nms_coordinate_trick", "_batched_nms_vanilla", "batched_nms",
-                         "ssb_check_traced_size")
+# tracer. These are known to cost no MACs (torchvision's batched NMS, used by the detector).
+NOT_COUNTED_FUNCTIONS = ("_batched_nms_coordinate_trick", "_batched_nms_vanilla", "batched_nms")
 
 
 def _call_function_handle(unknown: Counter):

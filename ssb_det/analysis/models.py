@@ -161,12 +161,11 @@ def capture_inputs(model: nn.Module, names: Sequence[str], *inputs) -> Dict[str,
 
 
 def stage_feature_inputs(bottom_up: nn.Module, x: torch.Tensor) -> Dict[str, tuple]:
-    """``{stage: (feature,)}``: the feature map each stage of ``bottom_up`` receives from
-    ``x``, without the image sizes an :class:`~ssb_det.modeling.SSBResNet` also passes its
-    stages. What a trace of the whole network records (it infers no sizes), so counts of the
+    """``{stage: args}``: what each stage of ``bottom_up`` is called with on ``x``: the
+    feature map and, in an :class:`~ssb_det.modeling.SSBResNet`, the image sizes it passes
+    its stages. A trace of the whole network records the same calls, so counts of the
     stages add up to the count of the network."""
-    names = stage_names(bottom_up)
-    return {name: args[:1] for name, args in capture_inputs(bottom_up, names, x).items()}
+    return capture_inputs(bottom_up, stage_names(bottom_up), x)
 
 
 class _Replay(nn.Module):

@@ -22,7 +22,9 @@ def interp_taps(pos: torch.Tensor, size: int):
     """Taps of 1-D linear interpolation at pixel coordinates ``pos`` (``(N, L)``), clamped to
     the axis like ``F.interpolate``: left index, right index, right weight (``pos``'s dtype)."""
     pos = pos.clamp(0, size - 1)
-    left = pos.floor().clamp(max=max(size - 2, 0))
+    # min(floor, max(size - 2, 0)) with the bound as a tensor: under torch.jit.trace ``size``
+    # is a traced value, which Python's max() would fix to the traced size.
+    left = torch.minimum(pos.floor(), (pos.new_full((), size) - 2).clamp(min=0))
     frac = pos - left
     left = left.long()
     right = (left + 1).clamp(max=size - 1)

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export_guards import guard_traced_size, refuse_scripting
+from .export_guards import refuse_scripting
 from .grid import SeparableGrid
 from .misc import SaliencyConv
 from .sampling_maps import (identity_knots, recasens_knots_1d, sampled_size,
                             valid_pooling_matrices)
-from .tensor_ops import autocast_off, size_tensor, to_grid_dtype
+from .tensor_ops import as_grid_tensor, autocast_off, size_tensor, to_grid_dtype
 
 __all__ = ["SaliencySampler"]
 
@@ -119,7 +119,7 @@ class SaliencySampler(nn.Module):
     def _valid_sizes(self, valid_size, in_size, device):
         """Checked ``(N, 2)`` valid sizes of the full map and of the sampled map (grid dtype)."""
         H, W = in_size
-        v = to_grid_dtype(torch.as_tensor(valid_size, device=device))
+        v = as_grid_tensor(valid_size, device)
         if v.dim() != 2 or v.shape[1] != 2:
             raise ValueError(f"valid_size must have shape (N, 2), got {tuple(v.shape)}")
         v = torch.minimum(v.round().clamp(min=1.0), size_tensor((H, W), v))
@@ -138,7 +138,6 @@ class SaliencySampler(nn.Module):
         Returns:
             Grid: call ``.sample`` / ``.inverse`` on it.
         """
-        x = guard_traced_size(x)  # a trace refuses another size (see export_guards)
         H, W = x.shape[-2:]
         with autocast_off(x.device.type):
             valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)

@@ -57,6 +57,8 @@ def sampled_size(size: int, ratio: float) -> int:
     ``sym_int``'s truncation is the floor here, the value being positive; ``math.floor``
     would not serialize in a saved program).
     """
+    if isinstance(size, torch.Tensor):  # torch.jit.trace: a traced 0-dim size
+        return torch.floor(size.double() * ratio + 0.5).clamp(min=1).long()
     return torch.sym_max(1, torch.sym_int(ratio * size + 0.5))
 
 
@@ -91,7 +93,9 @@ def identity_knots(batch: int, grid_size: int, device=None, dtype=torch.float64)
 
 
 def _floor_marginal(m: torch.Tensor) -> torch.Tensor:
-    return m * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / m.shape[-1]
+    # 1 / G in m's dtype: under torch.jit.trace G is a traced integer tensor, and a Python
+    # float divided by it would be computed in the default dtype (float32).
+    return m * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / m.new_full((), m.shape[-1])
 
 
 def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
@@ -99,9 +103,11 @@ def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
 
     Not cached while ``torch.export`` / ``torch.compile`` traces: tensors made there are
     fake, and a cached fake tensor would poison every later eager call (garbage outputs);
-    the graph builds them instead (a few small ops).
+    the graph builds them instead (a few small ops). Nor under ``torch.jit.trace``, so that
+    every trace records the same graph (a cache hit would record a constant where a miss
+    recorded the ops, and ``torch.jit.trace``'s check would see two graphs).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return _build_recasens_matrices(g, padding, sigma, device, dtype)
     return _cached_recasens_matrices(g, padding, sigma, device, dtype)
 

@@ -1,11 +1,11 @@
 """Small tensor helpers shared by the sampling files: the grid's dtype, "are gradients
-needed", sizes as a tensor, autocast off, and the residual add + ReLU into the caller's own
-tensor."""
+needed", sizes and regions as tensors, autocast off, and the residual add + ReLU into the
+caller's own tensor."""
 import contextlib
 
 import torch
 
-__all__ = ["grid_dtype", "to_grid_dtype", "needs_grad", "size_tensor", "autocast_off",
+__all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad", "size_tensor", "autocast_off",
            "add_relu_"]
 
 
@@ -22,6 +22,15 @@ def grid_dtype(device) -> torch.dtype:
 def to_grid_dtype(t: torch.Tensor) -> torch.Tensor:
     """``t`` in :func:`grid_dtype` of its device."""
     return t.to(grid_dtype(t.device))
+
+
+def as_grid_tensor(values, device) -> torch.Tensor:
+    """``values`` (a tensor, or numbers such as ``ImageList.image_sizes``) as a tensor in
+    :func:`grid_dtype` on ``device``. A tensor is converted with ``.to``, which a trace
+    records (``torch.as_tensor`` would fix its traced value as a constant)."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device=device, dtype=grid_dtype(device))
+    return torch.as_tensor(values, device=device, dtype=grid_dtype(device))
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:

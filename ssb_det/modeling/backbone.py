@@ -17,7 +17,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, DeformBottleneckBlock
 
 from ..config import HOSTS
-from ..layers import grid_dtype
+from ..layers import as_grid_tensor, grid_dtype
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .stems import DeepLabStem, RSStem
 
@@ -141,15 +141,14 @@ class SSBResNet(ResNet):
             x (Tensor): ``(N, C, H, W)`` batch.
             image_sizes (Tensor or None): ``(N, 2)`` height and width of each image in ``x``
                 (e.g. ``ImageList.image_sizes``). None: inferred from the zero padding if
-                ``padding_aware``, else every image fills ``x``. Tracing (export) records a
-                fixed input, so nothing is inferred there.
+                ``padding_aware``, else every image fills ``x`` (a trace records the
+                inference, so a traced model infers them from each input too).
         """
         assert x.dim() == 4, f"ResNet takes an input of shape (N, C, H, W). Got {x.shape} instead!"
-        if image_sizes is None and self.padding_aware and not torch.jit.is_tracing():
+        if image_sizes is None and self.padding_aware:
             image_sizes = image_sizes_from_padding(x)
         if image_sizes is not None:
-            image_sizes = torch.as_tensor(image_sizes, device=x.device,
-                                          dtype=grid_dtype(x.device))
+            image_sizes = as_grid_tensor(image_sizes, x.device)
         outputs = {}
         x = self.stem(x)
         if "stem" in self._out_features:
