@@ -12,9 +12,10 @@ Examples:
     python tools/export_model.py --config-file X.yaml --what backbone --format onnx \\
         --input-size 800 1216 --opset 17 --output export/
 
-``--format export`` (torch.export) and ``--format onnx-dynamic`` (ONNX, checked in
-onnxruntime) serve every height/width in ``--size-range`` (multiples of 32; backbone only);
-TorchScript and ``--format onnx`` graphs are specialised to ``--input-size`` (see
+Every format serves other input sizes than ``--input-size`` and is checked at two:
+``--format export`` (torch.export) and ``--format onnx-dynamic`` (ONNX through it) every
+height/width in ``--size-range`` (multiples of 32; backbone only); TorchScript and
+``--format onnx`` (through TorchScript) any size, backbone and detector (see
 ssb_det/export.py).
 Thin wrapper over :func:`ssb_det.export.export_main`.
 """
