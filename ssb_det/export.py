@@ -31,9 +31,8 @@ ATen ops while exporting, without touching the sampler's code:
 - ``aten::adaptive_avg_pool2d`` (saliency pooled to ``G x G``): exportable only when ``G``
   divides the input size; written as two averaging matrices, ``P_h @ x @ P_w^T``, built in
   the graph from the runtime size (PyTorch's exact adaptive bins).
-- ``aten::index_put`` with ``accumulate=True`` (the sampler's cached Recasens matrices are
-  built with it; under tracing the cache is keyed by a traced size and rebuilt in the
-  graph): PyTorch exports it as a ScatterND that keeps one of several writes to the same
+- ``aten::index_put`` with ``accumulate=True`` (the sampler's Recasens matrices are built
+  with it, in the graph while tracing): PyTorch exports it as a ScatterND that keeps one of several writes to the same
   index instead of summing them; written with opset 16's ``reduction="add"``.
 - ``aten::_convolution`` on float64: valid ONNX, but onnxruntime's CPU kernel is
   float32-only; run in float32 between two Casts (parity ~1e-6 relative).
