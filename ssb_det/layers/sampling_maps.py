@@ -55,9 +55,11 @@ def sampled_size(size: int, ratio: float) -> int:
     shapes): ``torch.sym_int`` and ``torch.sym_max`` then record the same float maths in the
     graph instead of fixing the result (on plain numbers they are ``int`` and ``max``, and
     ``sym_int``'s truncation is the floor here, the value being positive; ``math.floor``
-    would not serialize in a saved program).
+    would not serialize in a saved program). Under ``torch.jit.trace`` it is a 0-dim
+    integer tensor (a traced size), and the result is one too, computed with tensor ops in
+    float64 so that the trace records it.
     """
-    if isinstance(size, torch.Tensor):  # torch.jit.trace: a traced 0-dim size
+    if isinstance(size, torch.Tensor):
         return torch.floor(size.double() * ratio + 0.5).clamp(min=1).long()
     return torch.sym_max(1, torch.sym_int(ratio * size + 0.5))
 
