@@ -27,6 +27,16 @@ def test_sampled_size_rounds_half_up_and_never_zero():
     assert sampled_size(1, 0.01) == 1
 
 
+def test_sampled_size_of_a_traced_size_is_the_same_number_as_a_tensor():
+    # Under torch.jit.trace a size is a 0-dim integer tensor; the result must stay one (so
+    # the trace records it) and equal the Python rounding, half-way cases included.
+    for ratio in (0.5, 0.25, 0.3, 0.7, 1.0, 0.01):
+        for n in (1, 2, 3, 5, 7, 10, 25, 199, 200, 801):
+            traced = sampled_size(torch.tensor(n), ratio)
+            assert isinstance(traced, torch.Tensor) and traced.dim() == 0
+            assert int(traced) == max(1, int(n * ratio + 0.5)) == sampled_size(n, ratio), (n, ratio)
+
+
 @pytest.mark.parametrize("g", [1, 2, 5, 31])
 def test_uniform_saliency_gives_identity_grid_1d(g):
     marg = torch.full((3, g), 1.0 / g)
