@@ -32,8 +32,9 @@ ATen ops while exporting, without touching the sampler's code:
   divides the input size; written as two averaging matrices, ``P_h @ x @ P_w^T``, built in
   the graph from the runtime size (PyTorch's exact adaptive bins).
 - ``aten::index_put`` with ``accumulate=True`` (the sampler's Recasens matrices are built
-  with it, in the graph while tracing): PyTorch exports it as a ScatterND that keeps one of several writes to the same
-  index instead of summing them; written with opset 16's ``reduction="add"``.
+  with it, in the graph while tracing): PyTorch exports it as a ScatterND that keeps one of
+  several writes to the same index instead of summing them; written with opset 16's
+  ``reduction="add"``.
 - ``aten::_convolution`` on float64: valid ONNX, but onnxruntime's CPU kernel is
   float32-only; run in float32 between two Casts (parity ~1e-6 relative).
 
@@ -589,9 +590,12 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
         wrapper = BackboneExport(model.backbone) if target == "backbone" else DetectorExport(model)
         wrapper.eval()
         example = _example_input(cfg, model, target, input_size, batch, seed)
-        # Also checked at a larger size: one export serves every input size.
+        # Also checked at a larger size: one export serves every input size. The eager
+        # references are computed once, for every format.
         h, w = example.shape[-2:]
         other = _example_input(cfg, model, target, (h + 32, w + 64), batch, seed + 1)
+        with torch.no_grad():
+            checks = [(x, _as_tuple(wrapper(x))) for x in (example, other)]
         for fmt in formats:
             if fmt == "export":
                 path = os.path.join(output_dir, f"{target}.pt2")
@@ -610,9 +614,9 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
                 path = export_onnx(wrapper, example, os.path.join(output_dir, f"{target}.onnx"),
                                    DEFAULT_OPSET if opset is None else opset)
                 run = functools.partial(run_onnx, path)
-            for x in (example, other):
+            for x, ref in checks:
                 with torch.no_grad():
-                    ref, out = _as_tuple(wrapper(x)), _as_tuple(run(x))
+                    out = _as_tuple(run(x))
                 rows.append(_parity_row(target, fmt, path, wrapper, x, ref, out))
     return rows
 

@@ -158,7 +158,8 @@ def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> tor
     # Both sums are linear in S, so they are one small matrix product each (see
     # _recasens_matrices): two ops instead of a pad and two convolutions, which matters on
     # a CPU shared by other processes, where every multi-threaded op can stall.
-    # int(g): under tracing a shape entry can be a traced value, which must not key the cache.
+    # int(g): under tracing a shape entry is a traced value; G is the sampler's constant, so
+    # the matrices are built from the number (a cache key in eager, constants in a trace).
     den_mat, off_mat = _recasens_matrices(int(g), int(padding), float(sigma), m.device, m.dtype)
     den = m @ den_mat
     offset = (m @ off_mat) / den

@@ -5,8 +5,8 @@ import contextlib
 
 import torch
 
-__all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad", "size_tensor", "autocast_off",
-           "add_relu_"]
+__all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad", "size_tensor",
+           "autocast_off", "add_relu_"]
 
 
 def grid_dtype(device) -> torch.dtype:
