@@ -41,6 +41,9 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 saliency LR x3": "faster_rcnn_SSB_R_50_salr3_FPN_small.yaml",
     "SSB-R50 saliency LR x10": "faster_rcnn_SSB_R_50_salr10_FPN_small.yaml",
     "SSB-R50 bounded saliency LR x10": "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
+    "SSB-R50 sigma 2": "faster_rcnn_SSB_R_50_sigma2_FPN_small.yaml",
+    "SSB-R50 bounded saliency LR x10 sigma 2":
+        "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_small.yaml",
     # The pretrained path: the same networks started from the plain R50 run of the same seed
     # (its model_final.pth, loaded like converted weights: the saliency convs start at zero).
     "R50 continued": "faster_rcnn_R_50_FPN_small.yaml",
@@ -72,6 +75,9 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 saliency LR x10", "SSB-R50 uniform"),
          ("SSB-R50 bounded saliency LR x10", "SSB-R50"),
          ("SSB-R50 bounded saliency LR x10", "SSB-R50 uniform"),
+         ("SSB-R50 sigma 2", "SSB-R50"), ("SSB-R50 sigma 2", "SSB-R50 uniform"),
+         ("SSB-R50 bounded saliency LR x10 sigma 2", "SSB-R50 bounded saliency LR x10"),
+         ("SSB-R50 bounded saliency LR x10 sigma 2", "SSB-R50 uniform"),
          ("SSB-R50 from R50", "SSB-R50 uniform from R50"), ("SSB-R50 from R50", "R50 continued"),
          ("SSB-R50 uniform from R50", "R50 continued"), ("R50 continued", "R50"),
          ("SSB-R50 continued", "SSB-R50 uniform continued"), ("SSB-R50 continued", "R50 continued"),

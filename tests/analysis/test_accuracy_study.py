@@ -32,6 +32,10 @@ DEFINING_KEYS = {
     "SSB-R50 saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0},
     "SSB-R50 bounded saliency LR x10": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                         "MODEL.SSB.SALIENCY_BOUND": 2.0},
+    "SSB-R50 sigma 2": {"MODEL.SSB.KERNEL_SIGMA": 2.0},
+    "SSB-R50 bounded saliency LR x10 sigma 2": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
+                                                "MODEL.SSB.SALIENCY_BOUND": 2.0,
+                                                "MODEL.SSB.KERNEL_SIGMA": 2.0},
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
