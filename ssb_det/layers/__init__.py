@@ -15,6 +15,6 @@ from .sampling_maps import (
     sampled_size,
     valid_pooling_matrices,
 )
-from .tensor_ops import add_relu_, as_grid_tensor, grid_dtype, needs_grad
+from .tensor_ops import add_relu_, as_grid_tensor, grid_dtype, needs_grad, sole_reference
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -58,8 +58,14 @@ class Grid(abc.ABC):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w) -> (N, C, H, W)``: puts sampled values back where they came from."""
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``relu(shortcut + inverse(y))``, in a new tensor (neither input is written)."""
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor,
+                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``relu(shortcut + inverse(y))``, in a new tensor (neither input is written).
+
+        ``out`` is memory the caller offers for the result: a contiguous tensor of its shape
+        and dtype that nothing else references. An implementation may write the result
+        into it (and return it) or ignore it.
+        """
         return add_relu_(self.inverse(y), shortcut)
 
 
@@ -157,24 +163,35 @@ class SeparableGrid(Grid):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return separable_resample(y, *self._inverse_taps, self.in_size, rows_first=False)
 
-    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor,
+                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
 
         Same values as the unfused expression, in a new tensor (neither input is written).
         In CPU inference (no gradient needed) it runs over channel chunks, writing each sum
-        straight into the output: the restored map never exists at full size, and the
-        intermediates of a chunk stay in cache.
+        straight into the output - ``out`` if given, else a new tensor: the restored map
+        never exists at full size, and the intermediates of a chunk stay in cache.
 
         Args:
             y (Tensor): ``(N, C, h, w)`` sampled map.
             shortcut (Tensor): ``(N, C, H, W)``.
+            out (Tensor or None): see :meth:`Grid.inverse_add_relu`.
         """
         if shortcut.shape != (*y.shape[:2], *self.in_size):
             raise ValueError(f"shortcut has shape {tuple(shortcut.shape)}, the restored map "
                              f"{(*y.shape[:2], *self.in_size)}")
         if not chunked_cpu_inference(y, shortcut, self.knots_y, self.knots_x):
             return add_relu_(self.inverse(y), shortcut)
-        out = torch.empty(shortcut.shape, device=y.device, dtype=torch.result_type(y, shortcut))
+        dtype = torch.result_type(y, shortcut)
+        if out is None:
+            out = torch.empty(shortcut.shape, device=y.device, dtype=dtype)
+        elif (out.shape != shortcut.shape or out.dtype != dtype or out.device != y.device
+              or not out.is_contiguous() or out.untyped_storage().data_ptr() in
+              (y.untyped_storage().data_ptr(), shortcut.untyped_storage().data_ptr())):
+            raise ValueError(
+                f"out must be a contiguous {dtype} tensor of shape {tuple(shortcut.shape)} on "
+                f"{y.device}, sharing no memory with the inputs; got {out.dtype} "
+                f"{tuple(out.shape)} on {out.device}")
 
         def write(part, start, stop):
             chunk = out[:, start:stop]

@@ -17,7 +17,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, DeformBottleneckBlock
 
 from ..config import HOSTS
-from ..layers import as_grid_tensor, grid_dtype
+from ..layers import as_grid_tensor, grid_dtype, sole_reference
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .stems import DeepLabStem, RSStem
 
@@ -97,13 +97,36 @@ class SampledStage(nn.Sequential):
                 :func:`~ssb_det.layers.grid_dtype`; None: every image fills the batch.
         """
         stride = self.in_stride
+        # Outputs of earlier blocks that nothing references any more: memory an SSB block
+        # may write its output into instead of allocating (and page-faulting) a new map.
+        spare = [] if _may_recycle() else None
         for block in self:
             stride *= block.stride
             if isinstance(block, SSBBottleneckBlock):
-                x = block(x, None if image_sizes is None else region_sizes(image_sizes, stride))
+                regions = None if image_sizes is None else region_sizes(image_sizes, stride)
+                y = block(x, regions, _take_spare(spare, x, block.out_channels))
             else:
-                x = block(x)
+                y = block(x)
+            if spare is not None and sole_reference(x):
+                spare.append(x)
+            x = y
         return x
+
+
+def _may_recycle() -> bool:
+    # Tracers and compilers get plain allocations (their tensors are not ordinary ones).
+    return not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
+def _take_spare(spare, x: torch.Tensor, channels: int):
+    """A tensor of ``spare`` shaped like ``x`` with ``channels`` channels (removed from the
+    list), or None."""
+    if spare:
+        shape = (x.shape[0], channels, *x.shape[2:])
+        for i, t in enumerate(spare):
+            if t.shape == shape and t.dtype == x.dtype and t.device == x.device:
+                return spare.pop(i)
+    return None
 
 
 class SSBResNet(ResNet):

@@ -156,13 +156,16 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             sigma=kernel_sigma, uniform=uniform, saliency_bound=saliency_bound,
         )
 
-    def forward(self, x, valid_size=None):
+    def forward(self, x, valid_size=None, out=None):
         """
         Args:
             x (Tensor): ``(N, C, H, W)``.
             valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region
                 of ``x`` in a padded batch (see :class:`SaliencySampler`); None: every image
                 fills the map.
+            out (Tensor or None): memory for the output that nothing else references (the
+                stage passes an earlier block's output it has shown to be unreferenced, see
+                :func:`~ssb_det.layers.sole_reference`); see :meth:`Grid.inverse_add_relu`.
         """
         a = self.reduce(x)
         grid = self.sampler(a, valid_size)
@@ -172,7 +175,7 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         if self.inverse_position == "after_conv3":
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            return grid.inverse_add_relu(self.expand_sampled(b), self.project(x))
+            return grid.inverse_add_relu(self.expand_sampled(b), self.project(x), out=out)
         return F.relu_(self.expand(grid.inverse(b)) + self.project(x))
 
     def expand_sampled(self, b):

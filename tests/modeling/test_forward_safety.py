@@ -187,3 +187,82 @@ def test_one_grid_dtype_helper_float32_on_mps_only():
     assert grid_dtype(torch.device("mps")) == torch.float32
     assert grid_dtype("cpu") == grid_dtype(torch.device("cuda")) == torch.float64
     assert image_sizes_from_padding(torch.ones(1, 3, 5, 7)).dtype == torch.float64
+
+
+# ------------------------------------------- recycled memory: only what no one can reach
+
+
+def _block_outputs_memory(model, x):
+    """Output of every block, and the address of its memory (an int: keeps no reference)."""
+    addresses, handles = {}, []
+    for stage_name, stage in zip(model.stage_names, model.stages):
+        for i, block in enumerate(stage):
+            def hook(module, args, output, name=f"{stage_name}.{i}"):
+                addresses[name] = output.untyped_storage().data_ptr()
+            handles.append(block.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, addresses
+
+
+def test_a_stage_writes_block_outputs_into_earlier_outputs_no_one_holds():
+    # The recycling is live: with nothing kept, a later block of a stage writes its output
+    # into the memory of an earlier block's output; with every output kept (forward hooks),
+    # none is reused; the features are the same either way.
+    model = _model()
+    x = _padded([(64, 96), (50, 70)], (64, 96), seed=7)
+    out, addresses = _block_outputs_memory(model, x)
+    assert addresses["res2.2"] == addresses["res2.0"]
+    assert addresses["res3.2"] == addresses["res3.0"]
+    kept = []
+    handles = [b.register_forward_hook(lambda m, a, o: kept.append(o))
+               for stage in model.stages for b in stage]
+    try:
+        with torch.no_grad():
+            reference = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len({t.untyped_storage().data_ptr() for t in kept}) == len(kept)
+    for name in reference:
+        assert torch.equal(out[name], reference[name]), name
+
+
+KEEPERS = {
+    "the tensor": lambda t: t,
+    "a view": lambda t: t[:, :1],
+    "a NumPy array": lambda t: t.numpy(),
+    "the storage object": lambda t: t.untyped_storage(),
+}
+
+
+@pytest.mark.parametrize("keeper", list(KEEPERS))
+def test_an_output_anyone_still_reaches_is_not_reused(keeper):
+    # res2.0's output is the memory res2.2 would reuse; a hook keeps it (or something that
+    # reaches its memory): it keeps its value and res2.2 gets memory of its own.
+    model = _model()
+    x = _padded([(64, 96), (50, 70)], (64, 96), seed=8)
+    expected, _ = _block_outputs_memory(model, x)
+    kept = {}
+
+    def keep(module, args, output):
+        kept["value"] = output.clone()
+        kept["holder"] = KEEPERS[keeper](output)
+
+    handle = model.res2[0].register_forward_hook(keep)
+    try:
+        out, addresses = _block_outputs_memory(model, x)
+    finally:
+        handle.remove()
+    assert addresses["res2.2"] != addresses["res2.0"]
+    holder = kept["holder"]
+    if isinstance(holder, torch.UntypedStorage):
+        holder = torch.tensor([], dtype=kept["value"].dtype).set_(holder).view_as(kept["value"])
+    assert torch.equal(torch.as_tensor(holder), kept["value"][:, :1] if keeper == "a view"
+                       else kept["value"])
+    for name in expected:
+        assert torch.equal(out[name], expected[name]), name
