@@ -62,11 +62,20 @@ class Grid(abc.ABC):
                          out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``, in a new tensor (neither input is written).
 
-        ``out`` is memory the caller offers for the result: a contiguous tensor of its shape
-        and dtype that nothing else references. An implementation may write the result
-        into it (and return it) or ignore it.
+        ``out`` is memory the caller offers for the result, a tensor that nothing else
+        references. An implementation may write the result into it (and return it) if it
+        fits: the result's shape, dtype and device, contiguous, sharing no memory with the
+        inputs; otherwise, or if it has no use for it, it leaves ``out`` untouched.
         """
         return add_relu_(self.inverse(y), shortcut)
+
+
+def _fits(out: torch.Tensor, shape, dtype, *inputs: torch.Tensor) -> bool:
+    """Whether ``out`` can hold a result of ``shape`` and ``dtype`` computed from ``inputs``."""
+    return (out.shape == shape and out.dtype == dtype and out.is_contiguous()
+            and all(out.device == t.device for t in inputs)
+            and all(out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
+                    for t in inputs))
 
 
 def _region_sizes(knots: torch.Tensor, in_size, out_size, valid_in, valid_out):
@@ -169,7 +178,7 @@ class SeparableGrid(Grid):
 
         Same values as the unfused expression, in a new tensor (neither input is written).
         In CPU inference (no gradient needed) it runs over channel chunks, writing each sum
-        straight into the output - ``out`` if given, else a new tensor: the restored map
+        straight into the output (``out`` if it fits, else a new tensor): the restored map
         never exists at full size, and the intermediates of a chunk stay in cache.
 
         Args:
@@ -183,15 +192,8 @@ class SeparableGrid(Grid):
         if not chunked_cpu_inference(y, shortcut, self.knots_y, self.knots_x):
             return add_relu_(self.inverse(y), shortcut)
         dtype = torch.result_type(y, shortcut)
-        if out is None:
+        if out is None or not _fits(out, shortcut.shape, dtype, y, shortcut):
             out = torch.empty(shortcut.shape, device=y.device, dtype=dtype)
-        elif (out.shape != shortcut.shape or out.dtype != dtype or out.device != y.device
-              or not out.is_contiguous() or out.untyped_storage().data_ptr() in
-              (y.untyped_storage().data_ptr(), shortcut.untyped_storage().data_ptr())):
-            raise ValueError(
-                f"out must be a contiguous {dtype} tensor of shape {tuple(shortcut.shape)} on "
-                f"{y.device}, sharing no memory with the inputs; got {out.dtype} "
-                f"{tuple(out.shape)} on {out.device}")
 
         def write(part, start, stop):
             chunk = out[:, start:stop]
