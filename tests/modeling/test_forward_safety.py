@@ -24,6 +24,16 @@ def _model(**kwargs):
     return model
 
 
+def _forward_then_remove(model, x, handles):
+    """``model(x)`` without gradients, then the hooks ``handles`` removed."""
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _padded(sizes, batch_size, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.zeros(len(sizes), 3, *batch_size)
@@ -134,12 +144,7 @@ def test_no_tensor_seen_outside_a_block_is_overwritten():
                 return out
             block.forward = forward
     x = _padded([(64, 96), (50, 70)], (64, 96), seed=4)
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    out = _forward_then_remove(model, x, handles)
     assert len(seen) > 20
     for kept, value in seen:
         assert torch.equal(kept, value)
@@ -200,12 +205,7 @@ def _block_outputs_memory(model, x):
             def hook(module, args, output, name=f"{stage_name}.{i}"):
                 addresses[name] = output.untyped_storage().data_ptr()
             handles.append(block.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    out = _forward_then_remove(model, x, handles)
     return out, addresses
 
 
@@ -221,12 +221,7 @@ def test_a_stage_writes_block_outputs_into_earlier_outputs_no_one_holds():
     kept = []
     handles = [b.register_forward_hook(lambda m, a, o: kept.append(o))
                for stage in model.stages for b in stage]
-    try:
-        with torch.no_grad():
-            reference = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    reference = _forward_then_remove(model, x, handles)
     assert len({t.untyped_storage().data_ptr() for t in kept}) == len(kept)
     for name in reference:
         assert torch.equal(out[name], reference[name]), name
