@@ -1,0 +1,25 @@
+"""A/B of the recycled block outputs: SSB-R50 bottom-up with and without them, and R50.
+
+``SampledStage`` lets an SSB block write its output into an earlier block's output that
+nothing references any more (``ssb_det.layers.sole_reference``) instead of a fresh
+full-size map whose first write page-faults. This times the three bottom-ups (Faster R-CNN
+R50-FPN, random weights) interleaved in one process, 1 thread, process CPU time, medians,
+in both orders (see ``ssb_det.analysis.recycling_ab``).
+
+    .venv/bin/python benchmarks/recycling_ab.py            # 800x1216, 7 runs each
+"""
+import argparse
+
+from ssb_det.analysis.recycling_ab import format_table, recycling_ab
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
+    parser.add_argument("--iters", type=int, default=7, help="timed runs per model and order")
+    args = parser.parse_args(argv)
+    print(format_table(recycling_ab(args.size, args.iters)))
+
+
+if __name__ == "__main__":
+    main()
