@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .tensor_ops import needs_grad
+from .tensor_ops import needs_grad, tracing_or_compiling
 
 __all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "separable_resample",
            "chunk_channels", "chunked_cpu_inference"]
@@ -188,4 +188,4 @@ def chunked_cpu_inference(*tensors) -> bool:
     under ``torch.export`` / ``torch.compile`` the number of chunks would depend on the
     (possibly symbolic) map size."""
     return (all(t.device.type == "cpu" for t in tensors) and not needs_grad(*tensors)
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and not tracing_or_compiling())

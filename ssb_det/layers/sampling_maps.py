@@ -28,7 +28,7 @@ import functools
 
 import torch
 
-from .tensor_ops import to_grid_dtype
+from .tensor_ops import to_grid_dtype, tracing_or_compiling
 
 __all__ = [
     "SALIENCY_FLOOR",
@@ -109,7 +109,7 @@ def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
     every trace records the same graph (a cache hit would record a constant where a miss
     recorded the ops, and ``torch.jit.trace``'s check would see two graphs).
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if tracing_or_compiling():
         return _build_recasens_matrices(g, padding, sigma, device, dtype)
     return _cached_recasens_matrices(g, padding, sigma, device, dtype)
 

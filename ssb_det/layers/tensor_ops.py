@@ -7,8 +7,8 @@ import weakref
 
 import torch
 
-__all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad", "size_tensor",
-           "autocast_off", "add_relu_", "sole_reference"]
+__all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad",
+           "tracing_or_compiling", "size_tensor", "autocast_off", "add_relu_", "sole_reference"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -39,6 +39,12 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd records an op on ``tensors``: grad mode on and one of them requires
     a gradient."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def tracing_or_compiling() -> bool:
+    """Whether ``torch.jit.trace`` (TorchScript/ONNX export, fvcore) or ``torch.export`` /
+    ``torch.compile`` is recording the running code, rather than eager PyTorch running it."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:

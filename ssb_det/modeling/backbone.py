@@ -17,7 +17,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, DeformBottleneckBlock
 
 from ..config import HOSTS
-from ..layers import as_grid_tensor, grid_dtype, sole_reference
+from ..layers import as_grid_tensor, grid_dtype, sole_reference, tracing_or_compiling
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .stems import DeepLabStem, RSStem
 
@@ -97,36 +97,28 @@ class SampledStage(nn.Sequential):
                 :func:`~ssb_det.layers.grid_dtype`; None: every image fills the batch.
         """
         stride = self.in_stride
-        # Outputs of earlier blocks that nothing references any more: memory an SSB block
-        # may write its output into instead of allocating (and page-faulting) a new map.
-        spare = [] if _may_recycle() else None
-        for block in self:
+        recycle = _may_recycle()
+        blocks = list(self)
+        # An earlier block's output that nothing references any more, kept only for an SSB
+        # block to write its output into (it does if the map fits) instead of allocating
+        # (and page-faulting) a new one; otherwise it is freed as soon as it is dead.
+        spare = None
+        for i, block in enumerate(blocks):
             stride *= block.stride
             if isinstance(block, SSBBottleneckBlock):
                 regions = None if image_sizes is None else region_sizes(image_sizes, stride)
-                y = block(x, regions, _take_spare(spare, x, block.out_channels))
+                y = block(x, regions, spare)
             else:
                 y = block(x)
-            if spare is not None and sole_reference(x):
-                spare.append(x)
+            next_is_ssb = i + 1 < len(blocks) and isinstance(blocks[i + 1], SSBBottleneckBlock)
+            spare = x if recycle and next_is_ssb and sole_reference(x) else None
             x = y
         return x
 
 
 def _may_recycle() -> bool:
     # Tracers and compilers get plain allocations (their tensors are not ordinary ones).
-    return not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-
-
-def _take_spare(spare, x: torch.Tensor, channels: int):
-    """A tensor of ``spare`` shaped like ``x`` with ``channels`` channels (removed from the
-    list), or None."""
-    if spare:
-        shape = (x.shape[0], channels, *x.shape[2:])
-        for i, t in enumerate(spare):
-            if t.shape == shape and t.dtype == x.dtype and t.device == x.device:
-                return spare.pop(i)
-    return None
+    return not tracing_or_compiling()
 
 
 class SSBResNet(ResNet):
