@@ -56,6 +56,13 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 bounded saliency LR x10 from R50":
         "faster_rcnn_SSB_R_50_bounded_salr10_FPN_small.yaml",
     "SSB-R101 continued": "faster_rcnn_SSB_R_101_FPN_small.yaml",
+    # The second task (Base-Study-FPN-tiny.yaml: 1-3 objects of 8-24 px), where uniform
+    # downsampling loses most and a zoom has the most to gain.
+    "R50 tiny": "faster_rcnn_R_50_FPN_tiny.yaml",
+    "SSB-R50 tiny": "faster_rcnn_SSB_R_50_FPN_tiny.yaml",
+    "SSB-R50 uniform tiny": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
+    "SSB-R50 bounded saliency LR x10 sigma 2 tiny":
+        "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -84,7 +91,11 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 uniform continued", "R50 continued"),
          ("SSB-R50 bounded saliency LR x10 from R50", "SSB-R50 uniform from R50"),
          ("SSB-R50 bounded saliency LR x10 from R50", "SSB-R50 from R50"),
-         ("SSB-R101 continued", "R50 continued"), ("SSB-R101 continued", "SSB-R50 continued"))
+         ("SSB-R101 continued", "R50 continued"), ("SSB-R101 continued", "SSB-R50 continued"),
+         ("SSB-R50 tiny", "SSB-R50 uniform tiny"), ("SSB-R50 tiny", "R50 tiny"),
+         ("SSB-R50 uniform tiny", "R50 tiny"),
+         ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

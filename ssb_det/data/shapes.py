@@ -103,6 +103,11 @@ class ShapesSplitSpec:
 # study's --quick mode (a correctness check, not a measurement).
 _SMALL = dict(width=320, height=256, min_objects=2, max_objects=8, min_size=12.0,
               max_size=40.0, clutter=3)
+# "tiny_*": the study's second task, the one most favourable to adaptive sampling: 1-3 tiny
+# objects (8-24 px) on the same canvas and clutter, so most of the image is background and
+# uniform downsampling leaves an object a few pixels in the sampled maps.
+_TINY = dict(width=320, height=256, min_objects=1, max_objects=3, min_size=8.0,
+             max_size=24.0, clutter=3)
 SPLITS: Dict[str, ShapesSplitSpec] = {
     "train": ShapesSplitSpec(seed=20220711, num_images=600),
     "val": ShapesSplitSpec(seed=20220712, num_images=100),
@@ -111,6 +116,8 @@ SPLITS: Dict[str, ShapesSplitSpec] = {
     "small_train": ShapesSplitSpec(seed=20221123, num_images=1000, **_SMALL),
     "small_val": ShapesSplitSpec(seed=20221124, num_images=200, **_SMALL),
     "small_quick": ShapesSplitSpec(seed=20221125, num_images=8, **_SMALL),
+    "tiny_train": ShapesSplitSpec(seed=20261130, num_images=1000, **_TINY),
+    "tiny_val": ShapesSplitSpec(seed=20261131, num_images=200, **_TINY),
 }
 # The tests' splits: in SPLITS, so get_shapes_split and the pretraining tools make them, but
 # not put in Detectron2's catalogs by ``import ssb_det``; the tests register them

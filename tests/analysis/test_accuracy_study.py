@@ -45,7 +45,18 @@ DEFINING_KEYS = {
     "SSB-R50 bounded saliency LR x10 from R50": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                                  "MODEL.SSB.SALIENCY_BOUND": 2.0},
     "SSB-R101 continued": {"MODEL.RESNETS.DEPTH": 101},
+    # The tiny-object task: the same definitions against Base-Study-FPN-tiny.yaml.
+    "R50 tiny": {"MODEL.SSB.ENABLED": False},
+    "SSB-R50 tiny": {},
+    "SSB-R50 uniform tiny": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 bounded saliency LR x10 sigma 2 tiny": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
+                                                     "MODEL.SSB.SALIENCY_BOUND": 2.0,
+                                                     "MODEL.SSB.KERNEL_SIGMA": 2.0},
 }
+# What the tiny-object task changes against the first one: its data and its anchors only.
+TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
+                  "DATASETS.TEST": ("ssb_shapes_tiny_val",),
+                  "MODEL.ANCHOR_GENERATOR.SIZES": [[8], [16], [32], [64], [128]]}
 
 
 def _load(name):
@@ -56,11 +67,18 @@ def _load(name):
 
 def test_each_variant_differs_from_the_base_only_in_its_defining_keys():
     assert set(DEFINING_KEYS) == set(VARIANTS)
-    base = _load("Base-Study-FPN-small.yaml")
+    bases = {"small": _load("Base-Study-FPN-small.yaml"), "tiny": _load("Base-Study-FPN-tiny.yaml")}
     for variant, config in VARIANTS.items():
+        base = bases["tiny" if variant.endswith(" tiny") else "small"]
+        assert config.endswith("_tiny.yaml") == variant.endswith(" tiny"), variant
         cfg = _load(config)
         diff = {k: cfg[k] for k in cfg if cfg[k] != base[k]}
         assert diff == DEFINING_KEYS[variant], variant
+
+
+def test_the_tiny_object_task_changes_only_the_data_and_the_anchors():
+    small, tiny = _load("Base-Study-FPN-small.yaml"), _load("Base-Study-FPN-tiny.yaml")
+    assert {k: tiny[k] for k in tiny if tiny[k] != small[k]} == TINY_TASK_KEYS
 
 
 def test_paired_difference_by_hand():
