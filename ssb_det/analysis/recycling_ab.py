@@ -10,7 +10,7 @@ from typing import Callable, List, Sequence
 
 import torch
 
-from ..modeling import backbone
+from ..modeling import blocks
 from .benchmark import time_interleaved
 from .models import baseline_twin, build_detector, load_cfg, random_image
 
@@ -21,15 +21,15 @@ NAMES = ("SSB-R50 recycled", "SSB-R50 fresh", "R50")
 
 def forward_step(model: torch.nn.Module, x: torch.Tensor, recycle: bool) -> Callable[[], None]:
     """A step running ``model(x)`` without gradients, with the output reuse on or off."""
-    may_recycle = backbone._may_recycle
+    may_reuse = blocks.may_reuse_memory
 
     def step():
-        backbone._may_recycle = may_recycle if recycle else (lambda: False)
+        blocks.may_reuse_memory = may_reuse if recycle else (lambda: False)
         try:
             with torch.no_grad():
                 model(x)
         finally:
-            backbone._may_recycle = may_recycle
+            blocks.may_reuse_memory = may_reuse
     return step
 
 

@@ -64,18 +64,24 @@ class Grid(abc.ABC):
 
         ``out`` is memory the caller offers for the result, a tensor that nothing else
         references. An implementation may write the result into it (and return it) if it
-        fits: the result's shape, dtype and device, contiguous, sharing no memory with the
-        inputs; otherwise, or if it has no use for it, it leaves ``out`` untouched.
+        fits: the result's shape, dtype and device, contiguous, sharing no memory with ``y``
+        and either none with ``shortcut`` or being ``shortcut`` itself (a caller's own
+        scratch shortcut, e.g. a projection no one else holds: each element is read before
+        it is overwritten); otherwise, or if it has no use for it, it leaves ``out``
+        untouched.
         """
         return add_relu_(self.inverse(y), shortcut)
 
 
-def _fits(out: torch.Tensor, shape, dtype, *inputs: torch.Tensor) -> bool:
-    """Whether ``out`` can hold a result of ``shape`` and ``dtype`` computed from ``inputs``."""
+def _fits(out: torch.Tensor, shape, dtype, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
+    """Whether ``out`` can hold the ``shape``, ``dtype`` result of an elementwise tail reading
+    ``y`` (not to be overlapped) and ``shortcut`` (may be ``out`` itself, element for element)."""
+    def shares(t):
+        return out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+
     return (out.shape == shape and out.dtype == dtype and out.is_contiguous()
-            and all(out.device == t.device for t in inputs)
-            and all(out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
-                    for t in inputs))
+            and out.device == y.device == shortcut.device and not shares(y)
+            and (not shares(shortcut) or out is shortcut))
 
 
 def _region_sizes(knots: torch.Tensor, in_size, out_size, valid_in, valid_out):
@@ -176,7 +182,8 @@ class SeparableGrid(Grid):
                          out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
 
-        Same values as the unfused expression, in a new tensor (neither input is written).
+        Same values as the unfused expression, in a new tensor (no input is written, except
+        a ``shortcut`` passed as ``out`` too).
         In CPU inference (no gradient needed) it runs over channel chunks, writing each sum
         straight into the output (``out`` if it fits, else a new tensor): the restored map
         never exists at full size, and the intermediates of a chunk stay in cache.

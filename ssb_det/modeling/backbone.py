@@ -17,7 +17,8 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, DeformBottleneckBlock
 
 from ..config import HOSTS
-from ..layers import as_grid_tensor, grid_dtype, sole_reference, tracing_or_compiling
+from ..layers import as_grid_tensor, grid_dtype, sole_reference
+from . import blocks as _blocks
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .stems import DeepLabStem, RSStem
 
@@ -97,7 +98,7 @@ class SampledStage(nn.Sequential):
                 :func:`~ssb_det.layers.grid_dtype`; None: every image fills the batch.
         """
         stride = self.in_stride
-        recycle = _may_recycle()
+        recycle = _blocks.may_reuse_memory()
         blocks = list(self)
         # An earlier block's output that nothing references any more, kept only for an SSB
         # block to write its output into (it does if the map fits) instead of allocating
@@ -114,11 +115,6 @@ class SampledStage(nn.Sequential):
             spare = x if recycle and next_is_ssb and sole_reference(x) else None
             x = y
         return x
-
-
-def _may_recycle() -> bool:
-    # Tracers and compilers get plain allocations (their tensors are not ordinary ones).
-    return not tracing_or_compiling()
 
 
 class SSBResNet(ResNet):

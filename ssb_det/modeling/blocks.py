@@ -12,12 +12,22 @@ from fvcore.nn import weight_init
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
+from ..layers import (DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad,
+                      sole_reference, tracing_or_compiling)
 
-__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks"]
+__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks",
+           "may_reuse_memory"]
 
 # Where an SSB block restores the full size (see SSBBottleneckBlock).
 INVERSE_POSITIONS = ("after_conv3", "before_conv3")
+
+
+def may_reuse_memory() -> bool:
+    """Whether a forward may write into memory it has shown that nothing else references
+    (:func:`~ssb_det.layers.sole_reference`) instead of allocating: not while tracing or
+    compiling, whose tensors are not ordinary ones. The one switch of the SSB blocks' and
+    stages' reuse (``SSBBottleneckBlock.forward``, ``SampledStage``)."""
+    return not tracing_or_compiling()
 
 
 class RSBottleneckBlock(CNNBlockBase):
@@ -175,7 +185,13 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         if self.inverse_position == "after_conv3":
             # The restore, the residual add and the ReLU in one call: at full size these are
             # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            return grid.inverse_add_relu(self.expand_sampled(b), self.project(x), out=out)
+            shortcut = self.project(x)
+            if (out is None and self.shortcut is not None and may_reuse_memory()
+                    and sole_reference(shortcut)):
+                # This call's own projection, which no hook kept: the output may overwrite
+                # it instead of page-faulting a new full-size map.
+                out = shortcut
+            return grid.inverse_add_relu(self.expand_sampled(b), shortcut, out=out)
         return F.relu_(self.expand(grid.inverse(b)) + self.project(x))
 
     def expand_sampled(self, b):

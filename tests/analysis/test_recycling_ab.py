@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssb_det.analysis.recycling_ab import NAMES, format_table, forward_step
-from ssb_det.modeling import backbone
+from ssb_det.modeling import blocks
 
 
 class _Probe(torch.nn.Module):
@@ -13,7 +13,7 @@ class _Probe(torch.nn.Module):
         self.seen, self.fail = [], fail
 
     def forward(self, x):
-        self.seen.append(backbone._may_recycle())
+        self.seen.append(blocks.may_reuse_memory())
         if self.fail:
             raise RuntimeError("boom")
         return x
@@ -24,11 +24,11 @@ def test_the_fresh_step_runs_without_reuse_and_restores_it():
     forward_step(probe, x, recycle=True)()
     forward_step(probe, x, recycle=False)()
     assert probe.seen == [True, False]
-    assert backbone._may_recycle()
+    assert blocks.may_reuse_memory()
     failing = _Probe(fail=True)
     with pytest.raises(RuntimeError, match="boom"):
         forward_step(failing, x, recycle=False)()
-    assert failing.seen == [False] and backbone._may_recycle()
+    assert failing.seen == [False] and blocks.may_reuse_memory()
 
 
 def test_table_ratios_by_hand():

@@ -167,20 +167,31 @@ def test_fused_tail_writes_into_the_memory_it_is_offered_if_it_fits():
     shortcut = torch.randn(2, 4, 23, 30, generator=gen, dtype=torch.float64)
     expected = np.maximum(ref_restore(y.numpy(), lines) + shortcut.numpy(), 0)
     offered = torch.full_like(shortcut, float("nan"))  # stale content must not leak through
+    big_y = torch.zeros(2 * 4 * 23 * 30, dtype=torch.float64)
     unfit = {"shape": torch.zeros(2, 4, 23, 31, dtype=torch.float64),
              "dtype": torch.zeros(2, 4, 23, 30),
              "layout": torch.zeros(2, 4, 30, 23, dtype=torch.float64).transpose(2, 3),
-             "an input's memory": shortcut}
+             # the shortcut's memory, but not the shortcut itself: a reshaped alias
+             "an alias of the shortcut": shortcut.view(2, 4, 30, 23).view(2, 4, 23, 30),
+             "y's memory": big_y.view(2, 4, 23, 30)}
+    y_sharing = big_y[: y.numel()].view_as(y).copy_(y)
     before = {k: v.clone() for k, v in unfit.items()}
     with torch.no_grad():
         out = grid.inverse_add_relu(y, shortcut, out=offered)
         assert out.data_ptr() == offered.data_ptr()
         np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
         for name, bad in unfit.items():  # not used, not written: a new tensor instead
-            out = grid.inverse_add_relu(y, shortcut, out=bad)
+            reads = y_sharing if name == "y's memory" else y
+            out = grid.inverse_add_relu(reads, shortcut, out=bad)
             assert out.data_ptr() != bad.data_ptr(), name
             assert torch.equal(bad, before[name]), name
             np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
+        # The shortcut itself may be the output (a caller's scratch projection): each element
+        # is read before it is written, so the result is exact.
+        scratch = shortcut.clone()
+        out = grid.inverse_add_relu(y, scratch, out=scratch)
+        assert out.data_ptr() == scratch.data_ptr()
+        np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
 
 
 def test_fused_tail_of_mixed_dtypes_promotes():

@@ -221,6 +221,7 @@ def test_a_stage_writes_block_outputs_into_earlier_outputs_no_one_holds():
     kept = []
     handles = [b.register_forward_hook(lambda m, a, o: kept.append(o))
                for stage in model.stages for b in stage]
+    handles.append(model.res2[0].shortcut.register_forward_hook(lambda m, a, o: kept.append(o)))
     reference = _forward_then_remove(model, x, handles)
     assert len({t.untyped_storage().data_ptr() for t in kept}) == len(kept)
     for name in reference:
@@ -261,3 +262,40 @@ def test_an_output_anyone_still_reaches_is_not_reused(keeper):
                        else kept["value"])
     for name in expected:
         assert torch.equal(out[name], expected[name]), name
+
+
+@pytest.mark.parametrize("keeper", [None, *KEEPERS])
+def test_a_projection_block_writes_its_output_into_its_own_shortcut_if_no_one_holds_it(keeper):
+    # res2.0's projection shortcut is memory the block allocated in this call: with nothing
+    # kept, its output is written there; kept by a hook on the shortcut (or something that
+    # reaches its memory), the kept value is intact and the output gets memory of its own.
+    model = _model()
+    x = _padded([(64, 96), (50, 70)], (64, 96), seed=9)
+    kept, memory = {}, {}
+
+    def shortcut_hook(module, args, output):
+        memory["shortcut"] = output.untyped_storage().data_ptr()
+        if keeper is not None:
+            kept["value"] = output.clone()
+            kept["holder"] = KEEPERS[keeper](output)
+
+    def block_hook(module, args, output):
+        memory["output"] = output.untyped_storage().data_ptr()
+
+    handles = [model.res2[0].shortcut.register_forward_hook(shortcut_hook),
+               model.res2[0].register_forward_hook(block_hook)]
+    out = _forward_then_remove(model, x, handles)
+    assert (memory["output"] == memory["shortcut"]) == (keeper is None)
+    if keeper is not None:
+        holder = kept["holder"]
+        if isinstance(holder, torch.UntypedStorage):
+            holder = torch.tensor([], dtype=kept["value"].dtype).set_(holder).view_as(kept["value"])
+        assert torch.equal(torch.as_tensor(holder), kept["value"][:, :1] if keeper == "a view"
+                           else kept["value"])
+    # The same features as a forward that reuses nothing (every output and the shortcut kept).
+    held = []
+    handles = [m.register_forward_hook(lambda m, a, o: held.append(o))
+               for m in [model.res2[0].shortcut, *[b for st in model.stages for b in st]]]
+    reference = _forward_then_remove(model, x, handles)
+    for name in reference:
+        assert torch.equal(out[name], reference[name]), name
