@@ -1,9 +1,10 @@
-"""A/B of the recycled block outputs (``SampledStage``): SSB bottom-up with and without them,
-and its plain twin, timed interleaved in one process (``benchmarks/recycling_ab.py``).
+"""A/B of the SSB blocks' memory reuse (``SampledStage``'s recycled block outputs and a
+projection block's output written into its own shortcut): SSB bottom-up with and without
+it, and its plain twin, timed interleaved in one process (``benchmarks/recycling_ab.py``).
 
-The reuse has no switch (an internal speed-up); the A/B turns it off around one model's
-forward. Each order of the three models is timed separately: on the CPU a model's time
-depends on what the allocator did before it.
+The reuse has no config key (an internal speed-up); the A/B turns its one switch,
+``blocks.may_reuse_memory``, off around one model's forward. Each order of the three models
+is timed separately: on the CPU a model's time depends on what the allocator did before it.
 """
 import statistics
 from typing import Callable, List, Sequence
@@ -20,7 +21,7 @@ NAMES = ("SSB-R50 recycled", "SSB-R50 fresh", "R50")
 
 
 def forward_step(model: torch.nn.Module, x: torch.Tensor, recycle: bool) -> Callable[[], None]:
-    """A step running ``model(x)`` without gradients, with the output reuse on or off."""
+    """A step running ``model(x)`` without gradients, with the memory reuse on or off."""
     may_reuse = blocks.may_reuse_memory
 
     def step():
