@@ -205,10 +205,12 @@ def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
 
 
 def _read_metrics(run: Run) -> Dict[str, float]:
+    """The run's COCO box metrics; one COCOeval leaves undefined (NaN: no ground truth of
+    that size, e.g. APm on the tiny-object task) is left out."""
     with open(run.results_file) as f:
         results = json.load(f)
     bbox = next(iter(results.values()))["bbox"]
-    return {m: float(bbox[m]) for m in METRICS}
+    return {m: float(bbox[m]) for m in METRICS if not math.isnan(float(bbox[m]))}
 
 
 def _sampling_stats(run: Run) -> Dict[str, float]:
@@ -310,13 +312,15 @@ def format_markdown(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v, row in summary["variants"].items():
         ap = row["AP"]
-        samp = row.get("density_ratio")
+
+        def mean(key, digits=2):  # "-" where undefined (e.g. APs of a task without small objects)
+            return _f(row.get(key) and row[key]["mean"], digits)
+
         lines.append(
             f"| {v} | {len(row['seeds'])} | {ap['mean']:.2f} ± {ap['std']:.2f} "
-            f"({ap['min']:.2f}-{ap['max']:.2f}) | {row['AP50']['mean']:.2f} | "
-            f"{row['APs']['mean']:.2f} | {_f(row.get('bottom_up_gmacs'), 3)} | "
-            f"{_f(row.get('backbone_gmacs'), 3)} | {_f(row.get('latency_ms'), 1)} | "
-            f"{_f(samp and samp['mean'], 3)} | {_f(row.get('kl') and row['kl']['mean'], 4)} |")
+            f"({ap['min']:.2f}-{ap['max']:.2f}) | {mean('AP50')} | {mean('APs')} | "
+            f"{_f(row.get('bottom_up_gmacs'), 3)} | {_f(row.get('backbone_gmacs'), 3)} | "
+            f"{_f(row.get('latency_ms'), 1)} | {mean('density_ratio', 3)} | {mean('kl', 4)} |")
     lines += ["", "| paired difference (box AP, by seed) | seeds | mean | 95 % CI | verdict |",
               "|---|---|---|---|---|"]
     for p in summary["pairs"]:

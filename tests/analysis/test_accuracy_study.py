@@ -12,6 +12,8 @@ from ssb_det.analysis.accuracy_study import (
     INIT_FROM,
     VARIANTS,
     _command,
+    collect,
+    format_markdown,
     paired_difference,
     plan_runs,
     summarize,
@@ -106,6 +108,23 @@ def test_summary_pairs_runs_by_seed_and_ignores_unpaired_seeds():
     (pair,) = summary["pairs"]
     assert (pair["a"], pair["b"], pair["seeds"]) == ("SSB-R50", "R50", [1, 2])
     assert pair["mean"] == pytest.approx(0.75)
+
+
+def test_a_metric_cocoeval_leaves_undefined_is_left_out_of_the_summary(tmp_path):
+    # The tiny-object task has no medium objects: COCOeval's APm is NaN in every run.
+    runs = plan_runs(["SSB-R50 tiny"], [1, 2], str(tmp_path))
+    for run, ap in zip(runs, (8.0, 10.0)):
+        os.makedirs(os.path.dirname(run.results_file))
+        with open(run.results_file, "w") as f:
+            json.dump({"ssb_shapes_tiny_val": {"bbox": dict(
+                AP=ap, AP50=2 * ap, APs=ap, APm=float("nan"))}}, f)
+    records = collect(runs)
+    assert [r["AP"] for r in records] == [8.0, 10.0] and all("APm" not in r for r in records)
+    summary = summarize(records, {})
+    row = summary["variants"]["SSB-R50 tiny"]
+    assert row["AP"]["mean"] == pytest.approx(9.0) and "APm" not in row
+    del row["APs"]  # as if no image had small objects either
+    assert "| SSB-R50 tiny | 2 | 9.00 ± 1.41 (8.00-10.00) | 18.00 | - |" in format_markdown(summary)
 
 
 def test_unknown_variant_is_refused_with_the_known_ones():
