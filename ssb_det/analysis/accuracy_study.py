@@ -26,7 +26,7 @@ from .benchmark import time_interleaved
 from .models import build_detector, load_cfg, random_image
 from .report import part_macs
 
-__all__ = ["VARIANTS", "INIT_FROM", "PAIRS", "Run", "plan_runs", "run_all", "collect",
+__all__ = ["VARIANTS", "INIT_FROM", "EVAL_ONLY", "PAIRS", "Run", "plan_runs", "run_all", "collect",
            "paired_difference", "summarize", "format_markdown", "format_csv", "write_plot", "main"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,6 +63,10 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 uniform tiny": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 bounded saliency LR x10 sigma 2 tiny":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_tiny.yaml",
+    # Is the learned sampling what the adaptive network uses? Its trained weights evaluated
+    # with uniform sampling (saliency ignored), nothing retrained (EVAL_ONLY).
+    "SSB-R50, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
+    "SSB-R50 tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -73,7 +77,11 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R50 uniform continued": "SSB-R50 uniform",
     "SSB-R50 bounded saliency LR x10 from R50": "R50",
     "SSB-R101 continued": "SSB-R101",
+    "SSB-R50, uniform at test": "SSB-R50",
+    "SSB-R50 tiny, uniform at test": "SSB-R50 tiny",
 }
+# Variants that only evaluate their source's final weights (INIT_FROM) under their config.
+EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test")
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
@@ -95,7 +103,9 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 tiny", "SSB-R50 uniform tiny"), ("SSB-R50 tiny", "R50 tiny"),
          ("SSB-R50 uniform tiny", "R50 tiny"),
          ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 uniform tiny"),
-         ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 tiny"))
+         ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 tiny"),
+         ("SSB-R50", "SSB-R50, uniform at test"),
+         ("SSB-R50 tiny", "SSB-R50 tiny, uniform at test"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",
@@ -113,6 +123,7 @@ class Run:
     config: str
     output_dir: str
     init_weights: Optional[str] = None  # another run's model_final.pth (INIT_FROM)
+    eval_only: bool = False  # evaluate init_weights, train nothing (EVAL_ONLY)
 
     @property
     def results_file(self) -> str:
@@ -135,8 +146,9 @@ def _run_dir(output: str, variant: str, seed: int) -> str:
 def plan_runs(variants: Sequence[str], seeds: Sequence[int], output: str) -> List[Run]:
     """One :class:`Run` per variant and seed, seeds outermost (a partial study is balanced).
 
-    A variant in INIT_FROM starts from its source variant's final weights of the same seed;
-    the source's runs are added to the plan (before it) when not asked for.
+    A variant in INIT_FROM starts from its source variant's final weights of the same seed
+    (a variant in EVAL_ONLY only evaluates them); the source's runs are added to the plan
+    (before it) when not asked for.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -146,14 +158,15 @@ def plan_runs(variants: Sequence[str], seeds: Sequence[int], output: str) -> Lis
     ordered.sort(key=lambda v: v in INIT_FROM)  # sources first within each seed
     return [Run(v, s, os.path.join(CONFIG_DIR, VARIANTS[v]), _run_dir(output, v, s),
                 os.path.join(_run_dir(output, INIT_FROM[v], s), "model_final.pth")
-                if v in INIT_FROM else None)
+                if v in INIT_FROM else None, v in EVAL_ONLY)
             for s in seeds for v in ordered]
 
 
 def _command(run: Run, opts: Sequence[str]) -> List[str]:
     # With --resume, Detectron2 loads MODEL.WEIGHTS only when the run has no checkpoint yet.
     init = ["MODEL.WEIGHTS", run.init_weights] if run.init_weights else []
-    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--resume",
+    mode = "--eval-only" if run.eval_only else "--resume"
+    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), mode,
             "--config-file", run.config, "SEED", str(run.seed), "OUTPUT_DIR", run.output_dir,
             *init, *opts]
 

@@ -9,6 +9,7 @@ from detectron2.config import get_cfg
 
 from ssb_det.analysis.accuracy_study import (
     CONFIG_DIR,
+    EVAL_ONLY,
     INIT_FROM,
     VARIANTS,
     _command,
@@ -54,6 +55,9 @@ DEFINING_KEYS = {
     "SSB-R50 bounded saliency LR x10 sigma 2 tiny": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                                      "MODEL.SSB.SALIENCY_BOUND": 2.0,
                                                      "MODEL.SSB.KERNEL_SIGMA": 2.0},
+    # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
+    "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
@@ -71,8 +75,9 @@ def test_each_variant_differs_from_the_base_only_in_its_defining_keys():
     assert set(DEFINING_KEYS) == set(VARIANTS)
     bases = {"small": _load("Base-Study-FPN-small.yaml"), "tiny": _load("Base-Study-FPN-tiny.yaml")}
     for variant, config in VARIANTS.items():
-        base = bases["tiny" if variant.endswith(" tiny") else "small"]
-        assert config.endswith("_tiny.yaml") == variant.endswith(" tiny"), variant
+        tiny = " tiny" in variant
+        base = bases["tiny" if tiny else "small"]
+        assert config.endswith("_tiny.yaml") == tiny, variant
         cfg = _load(config)
         diff = {k: cfg[k] for k in cfg if cfg[k] != base[k]}
         assert diff == DEFINING_KEYS[variant], variant
@@ -150,6 +155,19 @@ def test_pretrained_variants_start_from_their_sources_run_of_the_same_seed(tmp_p
     os.makedirs(source.output_dir)
     open(fine_tune.init_weights, "w").close()
     assert fine_tune.ready
+
+
+def test_eval_only_variants_evaluate_their_sources_weights_without_training(tmp_path):
+    assert set(EVAL_ONLY) <= set(INIT_FROM)
+    runs = plan_runs(["SSB-R50 tiny, uniform at test"], [3], str(tmp_path))
+    assert [(r.variant, r.eval_only) for r in runs] == [
+        ("SSB-R50 tiny", False), ("SSB-R50 tiny, uniform at test", True)]
+    source, probe = runs
+    cmd = _command(probe, [])
+    assert "--eval-only" in cmd and "--resume" not in cmd
+    assert cmd[cmd.index("MODEL.WEIGHTS") + 1] == os.path.join(source.output_dir,
+                                                              "model_final.pth")
+    assert "--resume" in _command(source, []) and "--eval-only" not in _command(source, [])
 
 
 @pytest.mark.slow
