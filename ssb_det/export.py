@@ -564,7 +564,7 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
         batch (int): batch size of the backbone example.
         opset (int or None): ONNX opset; None: :data:`DEFAULT_OPSET` for ``"onnx"``,
             :data:`DYNAMIC_ONNX_OPSET` for ``"onnx-dynamic"``.
-        seed (int): seed of the random example image.
+        seed (int): seed of the random example image (and of the weights' initialisation).
         size_range (Sequence[int]): ``(min, max)`` height and width of the ``"export"``
             program and the ``"onnx-dynamic"`` graph (see :func:`export_program`).
 
@@ -582,7 +582,11 @@ def export_from_config(cfg, output_dir: str, *, what: Sequence[str] = ("backbone
     if backbone_only and "detector" in what:
         raise ValueError(f"format(s) {backbone_only} (built on torch.export) cover the backbone "
                          "only; export the detector with 'torchscript' or 'onnx' (any size too)")
-    model = build_model(cfg).eval()
+    # Seeded like the example image, so that a report on random weights is reproducible
+    # (whether a random detector keeps any box depends on its initialisation).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         SSBCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     rows = []
@@ -651,7 +655,7 @@ def export_parser():
     parser.add_argument("--opset", type=int, default=None,
                         help=f"ONNX opset (default {DEFAULT_OPSET} for onnx, "
                              f"{DYNAMIC_ONNX_OPSET} for onnx-dynamic)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random example image")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random example image and of the random initialisation")
     parser.add_argument("--size-range", type=int, nargs=2, default=[128, 2048],
                         metavar=("MIN", "MAX"),
                         help="height/width range of the 'export' program and the "
