@@ -655,7 +655,8 @@ def export_parser():
     parser.add_argument("--opset", type=int, default=None,
                         help=f"ONNX opset (default {DEFAULT_OPSET} for onnx, "
                              f"{DYNAMIC_ONNX_OPSET} for onnx-dynamic)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random example image and of the random initialisation")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random example image and of the random initialisation")
     parser.add_argument("--size-range", type=int, nargs=2, default=[128, 2048],
                         metavar=("MIN", "MAX"),
                         help="height/width range of the 'export' program and the "

@@ -176,6 +176,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             out (Tensor or None): memory for the output that nothing else references (the
                 stage passes an earlier block's output it has shown to be unreferenced, see
                 :func:`~ssb_det.layers.sole_reference`); see :meth:`Grid.inverse_add_relu`.
+                Without it, a projection block offers its own shortcut's output if nothing
+                else holds it.
         """
         a = self.reduce(x)
         grid = self.sampler(a, valid_size)
