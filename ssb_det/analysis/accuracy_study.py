@@ -63,10 +63,17 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 uniform tiny": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 bounded saliency LR x10 sigma 2 tiny":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_tiny.yaml",
+    # The saliency taught where the objects are (SaliencySupervisedRCNN: a training loss
+    # toward the sampling map of a saliency with half its mass on the boxes).
+    "SSB-R50 box-supervised saliency tiny": "faster_rcnn_SSB_R_50_boxsal_FPN_tiny.yaml",
+    "SSB-R50 box-supervised saliency LR x10 tiny":
+        "faster_rcnn_SSB_R_50_boxsal_salr10_FPN_tiny.yaml",
     # Is the learned sampling what the adaptive network uses? Its trained weights evaluated
     # with uniform sampling (saliency ignored), nothing retrained (EVAL_ONLY).
     "SSB-R50, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
     "SSB-R50 tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
+    "SSB-R50 box-supervised saliency tiny, uniform at test":
+        "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -79,9 +86,11 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R101 continued": "SSB-R101",
     "SSB-R50, uniform at test": "SSB-R50",
     "SSB-R50 tiny, uniform at test": "SSB-R50 tiny",
+    "SSB-R50 box-supervised saliency tiny, uniform at test": "SSB-R50 box-supervised saliency tiny",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
-EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test")
+EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
+             "SSB-R50 box-supervised saliency tiny, uniform at test")
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
@@ -105,7 +114,13 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50 bounded saliency LR x10 sigma 2 tiny", "SSB-R50 tiny"),
          ("SSB-R50", "SSB-R50, uniform at test"),
-         ("SSB-R50 tiny", "SSB-R50 tiny, uniform at test"))
+         ("SSB-R50 tiny", "SSB-R50 tiny, uniform at test"),
+         ("SSB-R50 box-supervised saliency tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 box-supervised saliency tiny", "SSB-R50 tiny"),
+         ("SSB-R50 box-supervised saliency tiny",
+          "SSB-R50 box-supervised saliency tiny, uniform at test"),
+         ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 box-supervised saliency tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

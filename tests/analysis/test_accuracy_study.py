@@ -55,9 +55,14 @@ DEFINING_KEYS = {
     "SSB-R50 bounded saliency LR x10 sigma 2 tiny": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                                      "MODEL.SSB.SALIENCY_BOUND": 2.0,
                                                      "MODEL.SSB.KERNEL_SIGMA": 2.0},
+    # (its config also spells out the default BOX_SALIENCY_WEIGHT 1 and MASS 0.5)
+    "SSB-R50 box-supervised saliency tiny": {"MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN"},
+    "SSB-R50 box-supervised saliency LR x10 tiny": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 box-supervised saliency tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
