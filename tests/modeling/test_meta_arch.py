@@ -1,0 +1,168 @@
+"""SaliencySupervisedRCNN: its training loss against a reference computed outside the model,
+its gradient, an unchanged inference, and no state left behind (threads included)."""
+import threading
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from ssb_det.layers import recasens_knots_1d
+from ssb_det.modeling import SaliencySupervisedRCNN, SSBBottleneckBlock
+from ssb_det.modeling.meta_arch import _GRIDS
+from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
+from test_rcnn import random_batch, rcnn_cfg  # noqa: E402
+
+ZOO = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+
+
+def supervised_cfg(**ssb):
+    cfg = rcnn_cfg(ZOO)
+    cfg.merge_from_list(NARROW_HOST_OPTS)
+    cfg.MODEL.META_ARCHITECTURE = "SaliencySupervisedRCNN"
+    # The zoo's FrozenBN leaves a random network's activations in the hundreds; trained from
+    # scratch (as in the study) BatchNorm keeps them near 1.
+    cfg.MODEL.RESNETS.NORM = "BN"
+    for k, v in ssb.items():
+        cfg.MODEL.SSB[k] = v
+    return cfg
+
+
+def build(seed=0, **ssb):
+    torch.manual_seed(seed)
+    model = build_model(supervised_cfg(**ssb))
+    for m in model.modules():  # a saliency that is not uniform, so the loss is not trivial
+        if isinstance(m, SSBBottleneckBlock):
+            torch.nn.init.normal_(m.sampler.saliency_conv.weight, std=0.05)
+    return model
+
+
+def reference_loss(model, batch, mass):
+    """Knots recorded by hooks of this test; the target saliency rasterised cell by cell."""
+    knots, handles = [], []
+    for m in model.modules():
+        if isinstance(m, SSBBottleneckBlock):
+            handles.append(m.sampler.register_forward_hook(
+                lambda mod, i, grid: knots.append((mod, grid.knots_y, grid.knots_x))))
+    with torch.no_grad():
+        model.backbone(model.preprocess_image(batch).tensor)
+    for h in handles:
+        h.remove()
+    terms = []
+    for sampler, ky, kx in knots:
+        g = sampler.grid_size
+        tys, txs = [], []
+        for x in batch:
+            inst = x["instances"]
+            h, w = inst.image_size
+            sal = torch.zeros(g, g, dtype=torch.float64)
+            for i in range(g):
+                for j in range(g):
+                    best = 0.0
+                    for x0, y0, x1, y1 in inst.gt_boxes.tensor.tolist():
+                        dy = max(0.0, min((i + 1) * h / g, y1) - max(i * h / g, y0)) / (h / g)
+                        dx = max(0.0, min((j + 1) * w / g, x1) - max(j * w / g, x0)) / (w / g)
+                        best = max(best, dy * dx)
+                    sal[i, j] = best
+            sal = sal / sal.sum() * mass + (1 - mass) / g ** 2
+            tys.append(sal.sum(1))
+            txs.append(sal.sum(0))
+        ty = recasens_knots_1d(torch.stack(tys), sampler.padding, sampler.sigma)
+        tx = recasens_knots_1d(torch.stack(txs), sampler.padding, sampler.sigma)
+        for k, t in ((ky, ty), (kx, tx)):
+            terms.append(((k.diff(dim=1).log() - t.diff(dim=1).log()) ** 2).mean())
+    # rows and columns add; blocks average
+    return torch.stack(terms).view(-1, 2).sum(dim=1).mean()
+
+
+def test_the_training_loss_is_the_log_density_distance_to_the_box_target():
+    model = build(BOX_SALIENCY_WEIGHT=2.0, BOX_SALIENCY_MASS=0.3)
+    assert isinstance(model, SaliencySupervisedRCNN)
+    model.train()
+    batch = random_batch(with_masks=False, h=64, w=96)
+    with EventStorage(0):
+        losses = model(batch)
+    expect = 2.0 * reference_loss(model, batch, 0.3)
+    assert expect > 0.01
+    assert losses["loss_saliency"].item() == pytest.approx(expect.item(), rel=1e-5)
+    assert _GRIDS.get() is None  # nothing kept after the forward
+
+
+def test_the_loss_teaches_the_saliency_convs_to_sample_the_boxes():
+    torch.manual_seed(0)
+    model = build_model(supervised_cfg())  # saliency convs at zero: uniform sampling
+    model.train()
+    batch = random_batch(with_masks=False, h=64, w=96)
+    convs = [m.sampler.saliency_conv.weight for m in model.modules()
+             if isinstance(m, SSBBottleneckBlock) and m.sampler.saliency_conv.weight.requires_grad]
+    assert len(convs) == 8  # res2 is frozen (FREEZE_AT 2)
+    optimizer = torch.optim.Adam(convs, lr=0.01)
+    with EventStorage(0):
+        first = None
+        for _ in range(10):
+            loss = model(batch)["loss_saliency"]
+            first = loss.item() if first is None else first
+            optimizer.zero_grad()
+            loss.backward()
+            assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in convs)
+            optimizer.step()
+    assert loss.item() < 0.8 * first
+
+
+def test_inference_is_generalized_rcnn_with_the_same_weights():
+    model = build().eval()
+    cfg = supervised_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    plain = build_model(cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    batch = [{"image": x["image"], "height": 64, "width": 96}
+             for x in random_batch(with_masks=False, h=64, w=96)]
+    with torch.no_grad():
+        got, want = model(batch), plain(batch)
+    for a, b in zip(got, want):
+        assert torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+        assert torch.equal(a["instances"].scores, b["instances"].scores)
+
+
+def test_weight_zero_is_the_plain_detector_loss():
+    model = build(BOX_SALIENCY_WEIGHT=0.0).train()
+    with EventStorage(0):
+        losses = model(random_batch(with_masks=False, h=64, w=96))
+    assert "loss_saliency" not in losses and "loss_cls" in losses
+
+
+def test_threads_each_get_the_loss_of_their_own_batch():
+    model = build().train()
+    batches = [random_batch(with_masks=False, h=64, w=96, seed=s) for s in (0, 1)]
+    for b in batches[1]:  # other boxes, so the two targets differ
+        b["instances"].gt_boxes.tensor[:, :2] += 4
+    with EventStorage(0):
+        alone = [model(b)["loss_saliency"].item() for b in batches]
+    assert alone[0] != alone[1]
+    results = {}
+
+    def run(i):
+        results[i] = [model(batches[i])["loss_saliency"].item() for _ in range(3)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    with EventStorage(0):  # Detectron2's storage stack is global, not per thread
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i in (0, 1):
+        assert results[i] == pytest.approx([alone[i]] * 3, rel=1e-6)
+
+
+def test_bad_settings_are_refused_with_their_key():
+    with pytest.raises(ValueError, match="BOX_SALIENCY_MASS"):
+        build(BOX_SALIENCY_MASS=1.0)
+    with pytest.raises(ValueError, match="BOX_SALIENCY_WEIGHT"):
+        build(BOX_SALIENCY_WEIGHT=-1.0)
+    cfg = supervised_cfg(UNIFORM=True)
+    model = build_model(cfg).train()
+    with EventStorage(0), pytest.raises(ValueError, match="no learned saliency"):
+        model(random_batch(with_masks=False, h=64, w=96))
+    model = build().train()
+    with EventStorage(0), pytest.raises(ValueError, match="instances"):
+        model([{"image": torch.zeros(3, 64, 96)}])
