@@ -1,18 +1,14 @@
-"""A sampling map to aim at from ground-truth boxes: the target of a box-supervised saliency.
+"""A saliency to aim at from ground-truth boxes: the target of a box-supervised saliency.
 
-The box target puts a share ``mass`` of a ``G x G`` saliency on the boxes and spreads the rest
-uniformly; :func:`box_target_knots` turns its row and column marginals into the separable map
-the sampler would build from it (the same Recasens formula), and :func:`log_density_loss`
-measures how far a predicted map's local sampling density is from it.
+:func:`box_saliency_target` puts a share ``mass`` of a ``G x G`` saliency on the boxes and
+spreads the rest uniformly; :func:`saliency_kl` measures how far a predicted saliency is
+from it.
 """
 from typing import Sequence, Tuple
 
 import torch
 
-from .sampling_maps import recasens_knots_1d
-from .tensor_ops import to_grid_dtype
-
-__all__ = ["box_coverage", "box_marginals", "box_target_knots", "log_density_loss"]
+__all__ = ["box_coverage", "box_saliency_target", "saliency_kl"]
 
 
 def _interval_overlap(lo: torch.Tensor, hi: torch.Tensor, cells: int) -> torch.Tensor:
@@ -46,11 +42,11 @@ def box_coverage(boxes: torch.Tensor, image_size: Tuple[int, int], cells: int) -
     return (rows[:, :, None] * cols[:, None, :]).amax(dim=0)
 
 
-def box_marginals(boxes: Sequence[torch.Tensor], image_sizes: Sequence[Tuple[int, int]],
-                  cells: int, mass: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Row and column marginals, each ``(N, cells)`` summing to 1, of the box target: a share
-    ``mass`` of the saliency spread over the boxes in proportion to :func:`box_coverage`, the
-    rest uniform over the grid. An image without boxes gets the uniform saliency.
+def box_saliency_target(boxes: Sequence[torch.Tensor], image_sizes: Sequence[Tuple[int, int]],
+                        cells: int, mass: float) -> torch.Tensor:
+    """``(N, cells, cells)`` saliency distributions (each sums to 1, float64): a share ``mass``
+    spread over the boxes in proportion to :func:`box_coverage`, the rest uniform over the
+    grid. An image without boxes gets the uniform saliency.
 
     Args:
         boxes: per image, ``(K_i, 4)`` boxes in its pixels.
@@ -63,33 +59,22 @@ def box_marginals(boxes: Sequence[torch.Tensor], image_sizes: Sequence[Tuple[int
         raise ValueError(f"the saliency mass on the boxes must be in [0, 1), got {mass}")
     if len(boxes) != len(image_sizes):
         raise ValueError(f"{len(boxes)} box sets for {len(image_sizes)} images")
-    rows, cols = [], []
+    targets = []
     for b, size in zip(boxes, image_sizes):
         cover = box_coverage(b, size, cells)
         total = cover.sum()
-        on_boxes = cover / total * mass if total > 0 else cover
-        saliency = on_boxes + (1.0 - (mass if total > 0 else 0.0)) / cells ** 2
-        rows.append(saliency.sum(dim=1))
-        cols.append(saliency.sum(dim=0))
-    return torch.stack(rows), torch.stack(cols)
+        on_boxes = mass if total > 0 else 0.0
+        targets.append(cover / total.clamp(min=1e-300) * on_boxes + (1.0 - on_boxes) / cells ** 2)
+    return torch.stack(targets)
 
 
-def box_target_knots(boxes, image_sizes, cells: int, mass: float, padding: int, sigma: float
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(knots_y, knots_x)``, each ``(N, cells + 1)`` in grid precision: the separable map a
-    sampler with this grid (``cells``, ``padding``, ``sigma``) builds from the box target of
-    :func:`box_marginals`."""
-    rows, cols = box_marginals(boxes, image_sizes, cells, mass)
-    return (recasens_knots_1d(to_grid_dtype(rows), padding, sigma),
-            recasens_knots_1d(to_grid_dtype(cols), padding, sigma))
-
-
-def log_density_loss(knots: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the log local sampling densities of two 1-D maps given by
-    their ``(N, G + 1)`` knots: ``mean_i (log w_i - log w*_i)^2`` over the knot intervals
-    ``w`` (a density is ``1 / (G w)``). 0 only for the same map; a map twice as dense as the
-    target everywhere it differs costs ``log(2)^2`` there."""
-    if knots.shape != target.shape:
-        raise ValueError(f"knots {tuple(knots.shape)} and target {tuple(target.shape)} differ")
-    return (torch.log(knots.diff(dim=1)) - torch.log(target.to(knots.dtype).diff(dim=1))
-            ).square().mean()
+def saliency_kl(target: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """Mean over images of ``KL(target || saliency) = sum t log(t / s)`` of ``(N, G, G)``
+    distributions: 0 only where they agree; its gradient with respect to the logits a
+    softmax saliency is made from is ``s - t``, cell by cell."""
+    if target.shape != saliency.shape:
+        raise ValueError(f"target {tuple(target.shape)} and saliency {tuple(saliency.shape)} differ")
+    t = target.to(saliency.dtype)
+    tiny = torch.finfo(saliency.dtype).tiny
+    return (t * (torch.log(t.clamp(min=tiny)) - torch.log(saliency.clamp(min=tiny)))
+            ).flatten(1).sum(dim=1).mean()

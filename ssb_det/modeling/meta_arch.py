@@ -1,9 +1,9 @@
 """A detector whose SSB saliency is taught where the objects are.
 
 :class:`SaliencySupervisedRCNN` is Detectron2's ``GeneralizedRCNN`` plus one training loss,
-``loss_saliency``: each learned SSB block's sampling map is pulled toward the map it would
-build from a saliency with a share ``MODEL.SSB.BOX_SALIENCY_MASS`` on the ground-truth boxes
-(:mod:`ssb_det.layers.box_saliency`), in log sampling density. Inference is
+``loss_saliency``: each learned SSB block's saliency distribution is pulled toward one with a
+share ``MODEL.SSB.BOX_SALIENCY_MASS`` on the ground-truth boxes and the rest uniform
+(:mod:`ssb_det.layers.box_saliency`; KL divergence). Inference is
 ``GeneralizedRCNN``'s, unchanged: the saliency is still predicted from the features, and no
 box is needed. Select it with ``MODEL.META_ARCHITECTURE "SaliencySupervisedRCNN"``.
 """
@@ -14,20 +14,22 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
-from ..layers.box_saliency import box_target_knots, log_density_loss
+from ..layers.box_saliency import box_saliency_target, saliency_kl
 from .blocks import learned_ssb_blocks
 
 __all__ = ["SaliencySupervisedRCNN"]
 
-# The grids the samplers make in the current training forward, or None outside one. A context
-# variable, not module state: each thread (and each forward) sees only its own.
-_GRIDS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("ssb_grids", default=None)
+# What the samplers are called with in the current training forward (sampler, features,
+# valid sizes), or None outside one. A context variable, not module state: each thread (and
+# each forward) sees only its own.
+_CALLS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("ssb_calls", default=None)
 
 
-def _keep_grid(sampler, inputs, grid):
-    grids = _GRIDS.get()
-    if grids is not None:
-        grids.append((sampler, grid))
+def _keep_call(sampler, inputs):
+    calls = _CALLS.get()
+    if calls is not None:
+        features, valid_size = (tuple(inputs) + (None,))[:2]
+        calls.append((sampler, features, valid_size))
 
 
 @META_ARCH_REGISTRY.register()
@@ -52,7 +54,7 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         self.box_saliency_mass = float(box_saliency_mass)
         # Registered once; they record nothing outside a training forward of this class.
         for block in learned_ssb_blocks(self.backbone).values():
-            block.sampler.register_forward_hook(_keep_grid)
+            block.sampler.register_forward_pre_hook(_keep_call)
 
     @classmethod
     def from_config(cls, cfg):
@@ -70,22 +72,23 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
                 "(MODEL.SSB.ENABLED False, or MODEL.SSB.UNIFORM True); use GeneralizedRCNN")
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("SaliencySupervisedRCNN: training inputs need their 'instances'")
-        token = _GRIDS.set([])
+        token = _CALLS.set([])
         try:
             losses = super().forward(batched_inputs)
-            grids = _GRIDS.get()
+            calls = _CALLS.get()
         finally:
-            _GRIDS.reset(token)
+            _CALLS.reset(token)
         instances = [x["instances"] for x in batched_inputs]
-        losses["loss_saliency"] = self.box_saliency_weight * self.saliency_loss(grids, instances)
+        losses["loss_saliency"] = self.box_saliency_weight * self.saliency_loss(calls, instances)
         return losses
 
-    def saliency_loss(self, grids, instances) -> torch.Tensor:
-        """Mean over the sampled blocks of :func:`log_density_loss` (rows plus columns) between
-        each block's map and the box target of its grid.
+    def saliency_loss(self, calls, instances) -> torch.Tensor:
+        """Mean over the sampled blocks of :func:`saliency_kl` between the box target and the
+        saliency each block predicted (recomputed from what its sampler was called with: a
+        1-channel 1x1 conv and a pooling, small next to the block).
 
         Args:
-            grids: ``(sampler, grid)`` pairs of one forward.
+            calls: ``(sampler, features, valid_size)`` of each sampler call of one forward.
             instances: per image, Detectron2 ``Instances`` with ``gt_boxes`` in the pixels of
                 its ``image_size``.
         """
@@ -93,13 +96,12 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         sizes = [i.image_size for i in instances]
         targets = {}
         terms = []
-        for sampler, grid in grids:
-            key = (sampler.grid_size, sampler.padding, sampler.sigma)
-            if key not in targets:
-                cells, padding, sigma = key
-                targets[key] = box_target_knots(boxes, sizes, cells, self.box_saliency_mass,
-                                                padding, sigma)
-            ty, tx = targets[key]
-            terms.append(log_density_loss(grid.knots_y, ty.to(grid.knots_y.device))
-                         + log_density_loss(grid.knots_x, tx.to(grid.knots_x.device)))
+        for sampler, features, valid_size in calls:
+            if sampler.grid_size not in targets:
+                targets[sampler.grid_size] = box_saliency_target(
+                    boxes, sizes, sampler.grid_size, self.box_saliency_mass)
+            # valid_size as the stage passes it: whole rows and columns within the map
+            # (region_sizes), what the sampler's own clamping leaves unchanged.
+            saliency = sampler.saliency(features, valid_size)
+            terms.append(saliency_kl(targets[sampler.grid_size].to(saliency.device), saliency))
         return torch.stack(terms).mean().float()

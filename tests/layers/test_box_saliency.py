@@ -1,12 +1,11 @@
-"""The box target of a box-supervised saliency, against references written per pixel."""
+"""The box target of a box-supervised saliency against references written per pixel or by
+hand, and the KL divergence to it."""
 import math
 
 import pytest
 import torch
 
-from ssb_det.layers import identity_knots
-from ssb_det.layers.box_saliency import (box_coverage, box_marginals, box_target_knots,
-                                         log_density_loss)
+from ssb_det.layers.box_saliency import box_coverage, box_saliency_target, saliency_kl
 
 
 def coverage_by_pixels(boxes, size, cells, sub=8):
@@ -48,24 +47,23 @@ def test_parts_outside_the_image_are_ignored_and_no_box_covers_nothing():
                                                                                 dtype=torch.float64))
 
 
-def test_marginals_put_the_mass_on_the_boxes_and_the_rest_uniform():
+def test_the_target_puts_the_mass_on_the_boxes_and_the_rest_uniform():
     cells, mass = 8, 0.5
     sizes = [(64, 64), (64, 128)]
     boxes = [torch.tensor([[0.0, 0.0, 8.0, 16.0]]), torch.zeros(0, 4)]
-    rows, cols = box_marginals(boxes, sizes, cells, mass)
+    target = box_saliency_target(boxes, sizes, cells, mass)
     # image 0: the box fills cells (0..1, 0): 0.25 each on top of 0.5 / 64 per cell
     expect = torch.full((cells, cells), 0.5 / 64, dtype=torch.float64)
     expect[0:2, 0] += 0.25
-    assert torch.allclose(rows[0], expect.sum(dim=1)) and torch.allclose(cols[0], expect.sum(dim=0))
+    assert torch.allclose(target[0], expect, atol=1e-15)
     # image 1 has no box: uniform
-    assert torch.allclose(rows[1], torch.full((cells,), 1 / cells, dtype=torch.float64))
-    assert torch.allclose(cols[1], torch.full((cells,), 1 / cells, dtype=torch.float64))
+    assert torch.allclose(target[1], torch.full((cells, cells), 1 / 64, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("mass", [-0.1, 1.0, float("nan")])
 def test_a_mass_outside_0_1_is_refused(mass):
     with pytest.raises(ValueError, match="mass"):
-        box_marginals([torch.zeros(0, 4)], [(8, 8)], 4, mass)
+        box_saliency_target([torch.zeros(0, 4)], [(8, 8)], 4, mass)
 
 
 def test_bad_boxes_and_sizes_are_refused():
@@ -74,28 +72,23 @@ def test_bad_boxes_and_sizes_are_refused():
     with pytest.raises(ValueError, match="image_size"):
         box_coverage(torch.zeros(0, 4), (0, 8), 4)
     with pytest.raises(ValueError, match="2 box sets for 1 images"):
-        box_marginals([torch.zeros(0, 4)] * 2, [(8, 8)], 4, 0.5)
+        box_saliency_target([torch.zeros(0, 4)] * 2, [(8, 8)], 4, 0.5)
 
 
-def test_the_target_map_samples_densest_on_the_box_and_is_the_identity_without_one():
-    cells = 31
-    box = torch.tensor([[140.0, 100.0, 152.0, 112.0]])  # 12 px on 320 x 256
-    ky, kx = box_target_knots([box, torch.zeros(0, 4)], [(256, 320)] * 2, cells, 0.5, 30, 5.5)
-    ident = identity_knots(1, cells, dtype=ky.dtype)[0]
-    assert torch.allclose(ky[1], ident, atol=1e-12) and torch.allclose(kx[1], ident, atol=1e-12)
-    for knots, (lo, hi) in ((ky[0], (100 / 256, 112 / 256)), (kx[0], (140 / 320, 152 / 320))):
-        density = 1.0 / (cells * knots.diff())
-        centre = (knots[:-1] + knots[1:]) / 2
-        densest = centre[density.argmax()]
-        assert lo - 1 / cells <= densest <= hi + 1 / cells  # within a grid cell of the box
-        assert density.max() > 2.0  # the box is sampled over twice as densely as uniform
-
-
-def test_log_density_loss_by_hand():
-    a = torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64)
-    b = torch.tensor([[0.0, 0.25, 1.0]], dtype=torch.float64)
-    expect = (math.log(0.5 / 0.25) ** 2 + math.log(0.5 / 0.75) ** 2) / 2
-    assert log_density_loss(a, b).item() == pytest.approx(expect, rel=1e-12)
-    assert log_density_loss(a, a).item() == 0.0
+def test_saliency_kl_by_hand():
+    t = torch.tensor([[[0.5, 0.5], [0.0, 0.0]]], dtype=torch.float64)
+    s = torch.tensor([[[0.25, 0.25], [0.25, 0.25]]], dtype=torch.float64)
+    assert saliency_kl(t, s).item() == pytest.approx(math.log(2), rel=1e-12)  # 0 log 0 = 0
+    assert saliency_kl(s, s).item() == 0.0
+    two = torch.cat([t, s]), torch.cat([s, s])
+    assert saliency_kl(*two).item() == pytest.approx(math.log(2) / 2, rel=1e-12)  # mean
     with pytest.raises(ValueError, match="differ"):
-        log_density_loss(a, torch.zeros(1, 4, dtype=torch.float64))
+        saliency_kl(t, torch.zeros(1, 3, 3, dtype=torch.float64))
+
+
+def test_the_kl_gradient_with_respect_to_logits_is_s_minus_t():
+    logits = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    s = torch.softmax(logits.flatten(1), dim=1).view(2, 4, 4)
+    t = box_saliency_target([torch.tensor([[0.0, 0.0, 4.0, 4.0]])] * 2, [(8, 8)] * 2, 4, 0.6)
+    saliency_kl(t, s).backward()
+    assert torch.allclose(logits.grad, (s - t).detach() / 2, atol=1e-12)  # / 2: mean of 2
