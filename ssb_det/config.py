@@ -87,8 +87,8 @@ def add_ssb_config(cfg):
     # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
     _C.MODEL.SSB.PADDING_AWARE = True
     # Box-supervised saliency, read by MODEL.META_ARCHITECTURE "SaliencySupervisedRCNN" only:
-    # the weight of its training loss pulling each SSB block's sampling map toward the map of
-    # a saliency with a share BOX_SALIENCY_MASS on the ground-truth boxes (docs/accuracy.md).
+    # the weight of its training loss pulling each SSB block's saliency toward one with a
+    # share BOX_SALIENCY_MASS on the ground-truth boxes, the rest uniform (docs/accuracy.md).
     _C.MODEL.SSB.BOX_SALIENCY_WEIGHT = 1.0
     _C.MODEL.SSB.BOX_SALIENCY_MASS = 0.5
     # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs

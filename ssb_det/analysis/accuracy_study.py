@@ -64,7 +64,7 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 bounded saliency LR x10 sigma 2 tiny":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_tiny.yaml",
     # The saliency taught where the objects are (SaliencySupervisedRCNN: a training loss
-    # toward the sampling map of a saliency with half its mass on the boxes).
+    # pulling each block's saliency toward one with half its mass on the boxes).
     "SSB-R50 box-supervised saliency tiny": "faster_rcnn_SSB_R_50_boxsal_FPN_tiny.yaml",
     "SSB-R50 box-supervised saliency LR x10 tiny":
         "faster_rcnn_SSB_R_50_boxsal_salr10_FPN_tiny.yaml",

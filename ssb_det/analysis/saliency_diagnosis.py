@@ -6,8 +6,9 @@
    sampling changes at all.
 2. :func:`block_diagnosis`: on a (trained or initial) detector and a training batch, per SSB
    block: the saliency conv's weight norm, the spread of its pooled logits, the resulting
-   sampling statistics, and the gradient the loss sends to the saliency conv relative to the
-   gradient of the block's first conv (per weight, RMS).
+   sampling statistics, the sampling density at the centres of the batch's ground-truth boxes
+   (does the map look at the objects?), and the gradient the loss sends to the saliency conv
+   relative to the gradient of the block's first conv (per weight, RMS).
 """
 import json
 import os
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import recasens_knots_1d
-from ..layers.sampling_stats import separable_statistics
+from ..layers.sampling_stats import density_at, separable_statistics
 from ..modeling.blocks import learned_ssb_blocks
 
 __all__ = ["logit_scale_response", "block_diagnosis", "format_markdown", "main"]
@@ -81,10 +82,12 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
     BatchNorm running statistics take the batch's update: diagnose a copy to keep them).
 
     Returns:
-        dict: ``{block: {weight_norm, logit_std, density_ratio, kl, grad_ratio}}`` where
-        ``logit_std`` is the spread of the pooled saliency logits over the grid cells (mean
-        over images) and ``grad_ratio`` the per-weight RMS gradient of the saliency conv over
-        that of the block's ``conv1``.
+        dict: ``{block: {weight_norm, logit_std, density_ratio, kl, zoom_at_boxes,
+        grad_ratio}}`` where ``logit_std`` is the spread of the pooled saliency logits over
+        the grid cells (mean over images), ``zoom_at_boxes`` the 2-D sampling density at the
+        ground-truth box centres relative to uniform (geometric mean over the boxes; 1: the
+        map does not favour them) and ``grad_ratio`` the per-weight RMS gradient of the
+        saliency conv over that of the block's ``conv1``.
     """
     from detectron2.utils.events import EventStorage
 
@@ -98,7 +101,8 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
                                                (module.grid_size, module.grid_size)).flatten(1)
             kl, ratio = separable_statistics(grid.knots_y.detach(), grid.knots_x.detach())
             seen[name] = dict(logit_std=float(logits.std(dim=1).mean()),
-                              density_ratio=float(ratio.mean()), kl=float(kl.mean()))
+                              density_ratio=float(ratio.mean()), kl=float(kl.mean()),
+                              zoom_at_boxes=_zoom_at_boxes(grid, batch))
         return hook
 
     handles = [b.sampler.register_forward_hook(record(n)) for n, b in blocks.items()]
@@ -120,6 +124,22 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
                          grad_ratio=_rms(g_sal) / max(_rms(block.conv1.weight.grad), 1e-30))
     model.zero_grad(set_to_none=True)
     return out
+
+
+def _zoom_at_boxes(grid, batch: List[dict]) -> float:
+    """Geometric mean over the batch's ground-truth boxes of the 2-D sampling density at
+    their centres relative to uniform (nan without boxes)."""
+    logs = []
+    with torch.no_grad():
+        for i, x in enumerate(batch):
+            inst = x["instances"]
+            h, w = inst.image_size
+            centres = inst.gt_boxes.get_centers().double()
+            dy = density_at(grid.knots_y[i].detach(), centres[:, 1] / h)
+            dx = density_at(grid.knots_x[i].detach(), centres[:, 0] / w)
+            logs.append(torch.log(dy * dx))
+    logs = torch.cat(logs) if logs else torch.zeros(0)
+    return float(logs.mean().exp()) if logs.numel() else float("nan")
 
 
 def _training_batch(cfg, images: int) -> List[dict]:
@@ -147,10 +167,12 @@ def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) ->
     for label, per_block in blocks.items():
         lines += ["", f"{label}:", "",
                   "| block | saliency weight norm | pooled logit std | density max/min | KL | "
-                  "grad RMS saliency / conv1 |", "|---|---|---|---|---|---|"]
+                  "density at box centres | grad RMS saliency / conv1 |",
+                  "|---|---|---|---|---|---|---|"]
         for name, d in per_block.items():
             lines.append(f"| {name} | {d['weight_norm']:.3g} | {d['logit_std']:.3g} | "
-                         f"{d['density_ratio']:.4g} | {d['kl']:.3g} | {d['grad_ratio']:.3g} |")
+                         f"{d['density_ratio']:.4g} | {d['kl']:.3g} | {d['zoom_at_boxes']:.3g} | "
+                         f"{d['grad_ratio']:.3g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["knot_statistics", "separable_statistics"]
+__all__ = ["knot_statistics", "separable_statistics", "density_at"]
 
 
 def knot_statistics(knots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -33,3 +33,17 @@ def separable_statistics(knots_y: torch.Tensor, knots_x: torch.Tensor
     kl_y, ratio_y = knot_statistics(knots_y)
     kl_x, ratio_x = knot_statistics(knots_x)
     return kl_y + kl_x, ratio_y * ratio_x
+
+
+def density_at(knots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Local sampling density of a 1-D map relative to uniform, ``1 / (G w_i)``, at input
+    ``positions`` in ``[0, 1]``: ``w_i`` is the width of the knot interval containing each.
+
+    Args:
+        knots (Tensor): ``(G + 1,)`` knots of one image's map.
+        positions (Tensor): ``(K,)`` normalised input positions.
+    """
+    g = knots.numel() - 1
+    i = torch.searchsorted(knots, positions.to(knots.dtype).clamp(0.0, 1.0), right=True) - 1
+    i = i.clamp(0, g - 1)
+    return 1.0 / (g * (knots[i + 1] - knots[i]))

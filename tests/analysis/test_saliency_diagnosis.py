@@ -42,9 +42,27 @@ def test_block_diagnosis_at_initialisation_leaves_the_model_as_it_was():
     for d in result.values():
         assert d["weight_norm"] == 0.0 and d["logit_std"] == 0.0  # zero-initialised convs
         assert abs(d["density_ratio"] - 1.0) < 1e-9
+        assert abs(d["zoom_at_boxes"] - 1.0) < 1e-9  # uniform: boxes sampled like the rest
         assert d["grad_ratio"] > 0  # the loss does reach the saliency convs
     assert not model.training  # mode restored; weights untouched, gradients cleared
     for k, v in model.state_dict().items():
         if "running" not in k and "num_batches" not in k:
             assert torch.equal(v, state[k]), k
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_zoom_at_boxes_by_hand():
+    from types import SimpleNamespace
+
+    from detectron2.structures import Boxes, Instances
+
+    from ssb_det.analysis.saliency_diagnosis import _zoom_at_boxes
+
+    # rows: intervals 0.1, 0.4, 0.4, 0.1 (densities 2.5, 0.625, 0.625, 2.5); columns uniform
+    ky = torch.tensor([[0.0, 0.1, 0.5, 0.9, 1.0]], dtype=torch.float64)
+    kx = torch.linspace(0, 1, 5, dtype=torch.float64)[None]
+    inst = Instances((100, 200))
+    # centres at rows 5 (density 2.5) and 30 (0.625): geometric mean 1.25
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 0.0, 30.0, 10.0], [50.0, 20.0, 70.0, 40.0]]))
+    got = _zoom_at_boxes(SimpleNamespace(knots_y=ky, knots_x=kx), [{"instances": inst}])
+    assert abs(got - 1.25) < 1e-12

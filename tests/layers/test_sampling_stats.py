@@ -69,3 +69,23 @@ def test_learned_saliency_moves_away_from_uniform():
         grid = sampler(x)
     kl, ratio = separable_statistics(grid.knots_y, grid.knots_x)
     assert bool((kl > 1e-3).all()) and bool((ratio > 1.05).all())
+
+
+def test_density_at_by_hand():
+    from ssb_det.layers.sampling_stats import density_at
+    # G = 4: intervals of widths 0.1, 0.4, 0.4, 0.1 -> densities 2.5, 0.625, 0.625, 2.5
+    knots = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    got = density_at(knots, torch.tensor([0.0, 0.05, 0.3, 0.95, 1.0]))
+    assert torch.allclose(got, torch.tensor([2.5, 2.5, 0.625, 2.5, 2.5], dtype=torch.float64))
+
+
+def test_density_at_matches_integration_away_from_knots():
+    from ssb_det.layers.sampling_stats import density_at
+    rng = np.random.default_rng(1)
+    knots = _random_knots(rng, 1, 9)[0]
+    n = 200_000
+    fine = _density_on_fine_grid(knots, n)
+    # points well inside intervals, where the numerical derivative is exact
+    mids = (knots[:-1] + knots[1:]) / 2
+    got = density_at(torch.from_numpy(knots), torch.from_numpy(mids)).numpy()
+    np.testing.assert_allclose(got, fine[(mids * n).astype(int)], rtol=1e-6)
