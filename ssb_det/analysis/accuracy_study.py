@@ -72,7 +72,7 @@ VARIANTS: Dict[str, str] = {
     # with uniform sampling (saliency ignored), nothing retrained (EVAL_ONLY).
     "SSB-R50, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
     "SSB-R50 tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
-    "SSB-R50 box-supervised saliency tiny, uniform at test":
+    "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test":
         "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
@@ -86,11 +86,12 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R101 continued": "SSB-R101",
     "SSB-R50, uniform at test": "SSB-R50",
     "SSB-R50 tiny, uniform at test": "SSB-R50 tiny",
-    "SSB-R50 box-supervised saliency tiny, uniform at test": "SSB-R50 box-supervised saliency tiny",
+    "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test":
+        "SSB-R50 box-supervised saliency LR x10 tiny",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
-             "SSB-R50 box-supervised saliency tiny, uniform at test")
+             "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test")
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
@@ -117,9 +118,10 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 tiny", "SSB-R50 tiny, uniform at test"),
          ("SSB-R50 box-supervised saliency tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50 box-supervised saliency tiny", "SSB-R50 tiny"),
-         ("SSB-R50 box-supervised saliency tiny",
-          "SSB-R50 box-supervised saliency tiny, uniform at test"),
+         ("SSB-R50 box-supervised saliency LR x10 tiny",
+          "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test"),
          ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 tiny"),
          ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 box-supervised saliency tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).

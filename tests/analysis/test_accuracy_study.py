@@ -62,7 +62,7 @@ DEFINING_KEYS = {
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
-    "SSB-R50 box-supervised saliency tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
