@@ -44,6 +44,7 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 sigma 2": "faster_rcnn_SSB_R_50_sigma2_FPN_small.yaml",
     "SSB-R50 bounded saliency LR x10 sigma 2":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_small.yaml",
+    "SSB-R50 box-supervised saliency LR x10": "faster_rcnn_SSB_R_50_boxsal_salr10_FPN_small.yaml",
     # The pretrained path: the same networks started from the plain R50 run of the same seed
     # (its model_final.pth, loaded like converted weights: the saliency convs start at zero).
     "R50 continued": "faster_rcnn_R_50_FPN_small.yaml",
@@ -74,6 +75,8 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test":
         "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
+    "SSB-R50 box-supervised saliency LR x10, uniform at test":
+        "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -88,10 +91,13 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R50 tiny, uniform at test": "SSB-R50 tiny",
     "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test":
         "SSB-R50 box-supervised saliency LR x10 tiny",
+    "SSB-R50 box-supervised saliency LR x10, uniform at test":
+        "SSB-R50 box-supervised saliency LR x10",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
-             "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test")
+             "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test",
+             "SSB-R50 box-supervised saliency LR x10, uniform at test")
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
@@ -103,6 +109,10 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 sigma 2", "SSB-R50"), ("SSB-R50 sigma 2", "SSB-R50 uniform"),
          ("SSB-R50 bounded saliency LR x10 sigma 2", "SSB-R50 bounded saliency LR x10"),
          ("SSB-R50 bounded saliency LR x10 sigma 2", "SSB-R50 uniform"),
+         ("SSB-R50 box-supervised saliency LR x10", "SSB-R50 uniform"),
+         ("SSB-R50 box-supervised saliency LR x10", "SSB-R50"),
+         ("SSB-R50 box-supervised saliency LR x10",
+          "SSB-R50 box-supervised saliency LR x10, uniform at test"),
          ("SSB-R50 from R50", "SSB-R50 uniform from R50"), ("SSB-R50 from R50", "R50 continued"),
          ("SSB-R50 uniform from R50", "R50 continued"), ("R50 continued", "R50"),
          ("SSB-R50 continued", "SSB-R50 uniform continued"), ("SSB-R50 continued", "R50 continued"),

@@ -39,6 +39,8 @@ DEFINING_KEYS = {
     "SSB-R50 bounded saliency LR x10 sigma 2": {"SOLVER.SALIENCY_LR_FACTOR": 10.0,
                                                 "MODEL.SSB.SALIENCY_BOUND": 2.0,
                                                 "MODEL.SSB.KERNEL_SIGMA": 2.0},
+    "SSB-R50 box-supervised saliency LR x10": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0},
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
@@ -63,6 +65,7 @@ DEFINING_KEYS = {
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 box-supervised saliency LR x10, uniform at test": {"MODEL.SSB.UNIFORM": True},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
