@@ -91,6 +91,8 @@ def add_ssb_config(cfg):
     # share BOX_SALIENCY_MASS on the ground-truth boxes, the rest uniform (docs/accuracy.md).
     _C.MODEL.SSB.BOX_SALIENCY_WEIGHT = 1.0
     _C.MODEL.SSB.BOX_SALIENCY_MASS = 0.5
+    # True: that loss trains the saliency convs only, not the backbone features they read.
+    _C.MODEL.SSB.BOX_SALIENCY_DETACH = False
     # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
     # start at zero (uniform sampling) and the map moves only once the pooled logits
     # spread by several units (docs/accuracy.md); a factor > 1 lets them get there sooner.

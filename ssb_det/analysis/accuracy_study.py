@@ -69,6 +69,8 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 box-supervised saliency tiny": "faster_rcnn_SSB_R_50_boxsal_FPN_tiny.yaml",
     "SSB-R50 box-supervised saliency LR x10 tiny":
         "faster_rcnn_SSB_R_50_boxsal_salr10_FPN_tiny.yaml",
+    "SSB-R50 box-supervised saliency LR x10 detached tiny":
+        "faster_rcnn_SSB_R_50_boxsal_detached_salr10_FPN_tiny.yaml",
     # Is the learned sampling what the adaptive network uses? Its trained weights evaluated
     # with uniform sampling (saliency ignored), nothing retrained (EVAL_ONLY).
     "SSB-R50, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
@@ -77,6 +79,8 @@ VARIANTS: Dict[str, str] = {
         "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 box-supervised saliency LR x10, uniform at test":
         "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
+    "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test":
+        "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -93,11 +97,14 @@ INIT_FROM: Dict[str, str] = {
         "SSB-R50 box-supervised saliency LR x10 tiny",
     "SSB-R50 box-supervised saliency LR x10, uniform at test":
         "SSB-R50 box-supervised saliency LR x10",
+    "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test":
+        "SSB-R50 box-supervised saliency LR x10 detached tiny",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
              "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test",
-             "SSB-R50 box-supervised saliency LR x10, uniform at test")
+             "SSB-R50 box-supervised saliency LR x10, uniform at test",
+             "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test")
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
@@ -132,7 +139,13 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
           "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test"),
          ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 tiny"),
-         ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 box-supervised saliency tiny"))
+         ("SSB-R50 box-supervised saliency LR x10 tiny", "SSB-R50 box-supervised saliency tiny"),
+         ("SSB-R50 box-supervised saliency LR x10 detached tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 box-supervised saliency LR x10 detached tiny", "SSB-R50 tiny"),
+         ("SSB-R50 box-supervised saliency LR x10 detached tiny",
+          "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test"),
+         ("SSB-R50 box-supervised saliency LR x10 detached tiny",
+          "SSB-R50 box-supervised saliency LR x10 tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

@@ -39,11 +39,14 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
     Args:
         box_saliency_weight (float): weight of ``loss_saliency`` (>= 0; 0: the plain detector).
         box_saliency_mass (float): share of the target saliency on the boxes, in ``[0, 1)``.
+        box_saliency_detach (bool): the loss trains the saliency convs only, not the features
+            they read (the backbone then learns from the detection losses alone).
         other arguments: as ``GeneralizedRCNN``.
     """
 
     @configurable
-    def __init__(self, *, box_saliency_weight: float, box_saliency_mass: float, **kwargs):
+    def __init__(self, *, box_saliency_weight: float, box_saliency_mass: float,
+                 box_saliency_detach: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not box_saliency_weight >= 0:
             raise ValueError(f"MODEL.SSB.BOX_SALIENCY_WEIGHT must be >= 0, got {box_saliency_weight}")
@@ -52,6 +55,7 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
                 f"MODEL.SSB.BOX_SALIENCY_MASS must be in [0, 1), got {box_saliency_mass}")
         self.box_saliency_weight = float(box_saliency_weight)
         self.box_saliency_mass = float(box_saliency_mass)
+        self.box_saliency_detach = bool(box_saliency_detach)
         # Registered once; they record nothing outside a training forward of this class.
         for block in learned_ssb_blocks(self.backbone).values():
             block.sampler.register_forward_pre_hook(_keep_call)
@@ -61,6 +65,7 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         ret = super().from_config(cfg)
         ret["box_saliency_weight"] = cfg.MODEL.SSB.BOX_SALIENCY_WEIGHT
         ret["box_saliency_mass"] = cfg.MODEL.SSB.BOX_SALIENCY_MASS
+        ret["box_saliency_detach"] = cfg.MODEL.SSB.BOX_SALIENCY_DETACH
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -102,6 +107,8 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
                     boxes, sizes, sampler.grid_size, self.box_saliency_mass)
             # valid_size as the stage passes it: whole rows and columns within the map
             # (region_sizes), what the sampler's own clamping leaves unchanged.
+            if self.box_saliency_detach:
+                features = features.detach()
             saliency = sampler.saliency(features, valid_size)
             terms.append(saliency_kl(targets[sampler.grid_size].to(saliency.device), saliency))
         return torch.stack(terms).mean().float()

@@ -61,11 +61,16 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency tiny": {"MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN"},
     "SSB-R50 box-supervised saliency LR x10 tiny": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0},
+    "SSB-R50 box-supervised saliency LR x10 detached tiny": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.BOX_SALIENCY_DETACH": True},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 box-supervised saliency LR x10, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test": {
+        "MODEL.SSB.UNIFORM": True},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),

@@ -160,3 +160,19 @@ def test_bad_settings_are_refused_with_their_key():
     model = build().train()
     with EventStorage(0), pytest.raises(ValueError, match="instances"):
         model([{"image": torch.zeros(3, 64, 96)}])
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_keeps_the_loss_off_the_features(detach):
+    model = build(BOX_SALIENCY_DETACH=detach).train()
+    with EventStorage(0):
+        loss = model(random_batch(with_masks=False, h=64, w=96))["loss_saliency"]
+    loss.backward()
+    blocks = [m for m in model.modules()
+              if isinstance(m, SSBBottleneckBlock) and m.conv1.weight.requires_grad]
+    assert all(b.sampler.saliency_conv.weight.grad.abs().sum() > 0 for b in blocks)
+    conv1_grads = [b.conv1.weight.grad for b in blocks]
+    if detach:
+        assert all(g is None or g.abs().sum() == 0 for g in conv1_grads)
+    else:
+        assert all(g is not None and g.abs().sum() > 0 for g in conv1_grads)
