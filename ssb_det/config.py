@@ -90,6 +90,7 @@ def add_ssb_config(cfg):
     # the weight of its training loss pulling each SSB block's saliency toward one with a
     # share BOX_SALIENCY_MASS on the ground-truth boxes, the rest uniform (docs/accuracy.md).
     _C.MODEL.SSB.BOX_SALIENCY_WEIGHT = 1.0
+    # Share of that target saliency on the boxes, in [0, 1); the rest is uniform.
     _C.MODEL.SSB.BOX_SALIENCY_MASS = 0.5
     # True: that loss trains the saliency convs only, not the backbone features they read.
     _C.MODEL.SSB.BOX_SALIENCY_DETACH = False
