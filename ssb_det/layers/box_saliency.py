@@ -73,7 +73,8 @@ def saliency_kl(target: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     distributions: 0 only where they agree; its gradient with respect to the logits a
     softmax saliency is made from is ``s - t``, cell by cell."""
     if target.shape != saliency.shape:
-        raise ValueError(f"target {tuple(target.shape)} and saliency {tuple(saliency.shape)} differ")
+        raise ValueError(
+            f"target {tuple(target.shape)} and saliency {tuple(saliency.shape)} differ")
     t = target.to(saliency.dtype)
     tiny = torch.finfo(saliency.dtype).tiny
     return (t * (torch.log(t.clamp(min=tiny)) - torch.log(saliency.clamp(min=tiny)))

@@ -49,7 +49,8 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
                  box_saliency_detach: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not box_saliency_weight >= 0:
-            raise ValueError(f"MODEL.SSB.BOX_SALIENCY_WEIGHT must be >= 0, got {box_saliency_weight}")
+            raise ValueError(
+                f"MODEL.SSB.BOX_SALIENCY_WEIGHT must be >= 0, got {box_saliency_weight}")
         if not 0.0 <= box_saliency_mass < 1.0:
             raise ValueError(
                 f"MODEL.SSB.BOX_SALIENCY_MASS must be in [0, 1), got {box_saliency_mass}")
@@ -105,10 +106,10 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             if sampler.grid_size not in targets:
                 targets[sampler.grid_size] = box_saliency_target(
                     boxes, sizes, sampler.grid_size, self.box_saliency_mass)
-            # valid_size as the stage passes it: whole rows and columns within the map
-            # (region_sizes), what the sampler's own clamping leaves unchanged.
             if self.box_saliency_detach:
                 features = features.detach()
+            # valid_size as the stage passes it: whole rows and columns within the map
+            # (region_sizes), what the sampler's own clamping leaves unchanged.
             saliency = sampler.saliency(features, valid_size)
             terms.append(saliency_kl(targets[sampler.grid_size].to(saliency.device), saliency))
         return torch.stack(terms).mean().float()

@@ -43,8 +43,8 @@ def test_parts_outside_the_image_are_ignored_and_no_box_covers_nothing():
     inside = box_coverage(torch.tensor([[24.0, 0.0, 32.0, 8.0]]), size, cells)
     beyond = box_coverage(torch.tensor([[24.0, -10.0, 50.0, 8.0]]), size, cells)
     assert torch.equal(inside, beyond)
-    assert torch.equal(box_coverage(torch.zeros(0, 4), size, cells), torch.zeros(4, 4,
-                                                                                dtype=torch.float64))
+    nothing = box_coverage(torch.zeros(0, 4), size, cells)
+    assert torch.equal(nothing, torch.zeros(4, 4, dtype=torch.float64))
 
 
 def test_the_target_puts_the_mass_on_the_boxes_and_the_rest_uniform():
