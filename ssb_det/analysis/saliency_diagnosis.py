@@ -12,8 +12,10 @@
 """
 import json
 import os
+import random
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -143,7 +145,8 @@ def _zoom_at_boxes(grid, batch: List[dict]) -> float:
 
 
 def _training_batch(cfg, images: int) -> List[dict]:
-    from detectron2.data import build_detection_train_loader
+    from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+    from detectron2.data.samplers import TrainingSampler
 
     from ..data import FileNamingDatasetMapper
 
@@ -151,9 +154,22 @@ def _training_batch(cfg, images: int) -> List[dict]:
     cfg.defrost()
     cfg.SOLVER.IMS_PER_BATCH = images
     cfg.DATALOADER.NUM_WORKERS = 0
-    torch.manual_seed(0)
-    loader = build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
-    return next(iter(loader))
+    # The same images and flips at every call: a seeded sampler (Detectron2's default draws
+    # its seed at random) and the augmentations' global generators seeded, then restored.
+    dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN)
+    loader = build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True),
+                                          dataset=dataset,
+                                          sampler=TrainingSampler(len(dataset), seed=0))
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        try:
+            return next(iter(loader))
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) -> str:

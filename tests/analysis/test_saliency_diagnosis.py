@@ -66,3 +66,24 @@ def test_zoom_at_boxes_by_hand():
     inst.gt_boxes = Boxes(torch.tensor([[10.0, 0.0, 30.0, 10.0], [50.0, 20.0, 70.0, 40.0]]))
     got = _zoom_at_boxes(SimpleNamespace(knots_y=ky, knots_x=kx), [{"instances": inst}])
     assert abs(got - 1.25) < 1e-12
+
+
+def test_the_diagnosis_batch_is_the_same_at_every_call_and_leaves_the_generators_alone():
+    import random
+
+    import numpy as np
+
+    from ssb_det.analysis.saliency_diagnosis import _training_batch
+
+    cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_FPN_small.yaml"))
+    cfg.defrost()
+    cfg.DATASETS.TRAIN = ("ssb_shapes_small_quick",)
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    a = _training_batch(cfg, 4)
+    after = torch.rand(1), np.random.rand(), random.random()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected_after = torch.rand(1), np.random.rand(), random.random()
+    b = _training_batch(cfg, 4)
+    assert [x["file_name"] for x in a] == [x["file_name"] for x in b]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+    assert torch.equal(after[0], expected_after[0]) and after[1:] == expected_after[1:]
