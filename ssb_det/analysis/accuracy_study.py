@@ -45,6 +45,8 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 bounded saliency LR x10 sigma 2":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_FPN_small.yaml",
     "SSB-R50 box-supervised saliency LR x10": "faster_rcnn_SSB_R_50_boxsal_salr10_FPN_small.yaml",
+    "SSB-R50 box-supervised saliency LR x10 detached":
+        "faster_rcnn_SSB_R_50_boxsal_detached_salr10_FPN_small.yaml",
     # The pretrained path: the same networks started from the plain R50 run of the same seed
     # (its model_final.pth, loaded like converted weights: the saliency convs start at zero).
     "R50 continued": "faster_rcnn_R_50_FPN_small.yaml",
@@ -120,6 +122,9 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 box-supervised saliency LR x10", "SSB-R50"),
          ("SSB-R50 box-supervised saliency LR x10",
           "SSB-R50 box-supervised saliency LR x10, uniform at test"),
+         ("SSB-R50 box-supervised saliency LR x10 detached", "SSB-R50 uniform"),
+         ("SSB-R50 box-supervised saliency LR x10",
+          "SSB-R50 box-supervised saliency LR x10 detached"),
          ("SSB-R50 from R50", "SSB-R50 uniform from R50"), ("SSB-R50 from R50", "R50 continued"),
          ("SSB-R50 uniform from R50", "R50 continued"), ("R50 continued", "R50"),
          ("SSB-R50 continued", "SSB-R50 uniform continued"), ("SSB-R50 continued", "R50 continued"),

@@ -41,6 +41,9 @@ DEFINING_KEYS = {
                                                 "MODEL.SSB.KERNEL_SIGMA": 2.0},
     "SSB-R50 box-supervised saliency LR x10": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0},
+    "SSB-R50 box-supervised saliency LR x10 detached": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.BOX_SALIENCY_DETACH": True},
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
