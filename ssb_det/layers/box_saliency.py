@@ -63,8 +63,10 @@ def box_saliency_target(boxes: Sequence[torch.Tensor], image_sizes: Sequence[Tup
     for b, size in zip(boxes, image_sizes):
         cover = box_coverage(b, size, cells)
         total = cover.sum()
-        on_boxes = mass if total > 0 else 0.0
-        targets.append(cover / total.clamp(min=1e-300) * on_boxes + (1.0 - on_boxes) / cells ** 2)
+        if total > 0:
+            targets.append(cover / total * mass + (1.0 - mass) / cells ** 2)
+        else:
+            targets.append(torch.full_like(cover, 1.0 / cells ** 2))
     return torch.stack(targets)
 
 

@@ -72,10 +72,6 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         if not self.training or self.box_saliency_weight == 0:
             return super().forward(batched_inputs)
-        if not learned_ssb_blocks(self.backbone):
-            raise ValueError(
-                "SaliencySupervisedRCNN: the backbone has no learned saliency to supervise "
-                "(MODEL.SSB.ENABLED False, or MODEL.SSB.UNIFORM True); use GeneralizedRCNN")
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("SaliencySupervisedRCNN: training inputs need their 'instances'")
         token = _CALLS.set([])
@@ -84,6 +80,10 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             calls = _CALLS.get()
         finally:
             _CALLS.reset(token)
+        if not calls:  # no sampler was called: nothing learns a saliency
+            raise ValueError(
+                "SaliencySupervisedRCNN: the backbone has no learned saliency to supervise "
+                "(MODEL.SSB.ENABLED False, or MODEL.SSB.UNIFORM True); use GeneralizedRCNN")
         instances = [x["instances"] for x in batched_inputs]
         losses["loss_saliency"] = self.box_saliency_weight * self.saliency_loss(calls, instances)
         return losses
