@@ -94,6 +94,10 @@ def add_ssb_config(cfg):
     _C.MODEL.SSB.BOX_SALIENCY_MASS = 0.5
     # True: that loss trains the saliency convs only, not the backbone features they read.
     _C.MODEL.SSB.BOX_SALIENCY_DETACH = False
+    # Whose saliency that loss supervises: "sampler" (the one each block samples with) or
+    # "auxiliary" (a separate head per SSB block on the same features, sampling nothing: the
+    # control that prices the supervision alone; works with UNIFORM True).
+    _C.MODEL.SSB.BOX_SALIENCY_HEAD = "sampler"
     # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
     # start at zero (uniform sampling) and the map moves only once the pooled logits
     # spread by several units (docs/accuracy.md); a factor > 1 lets them get there sooner.

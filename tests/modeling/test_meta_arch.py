@@ -37,22 +37,23 @@ def build(seed=0, **ssb):
     return model
 
 
-def reference_loss(model, batch, mass):
-    """Saliencies recomputed from features recorded by hooks of this test (conv, pool,
-    softmax); the target rasterised cell by cell; KL summed per image, averaged."""
+def reference_loss(model, batch, mass, weight_of=lambda block: block.sampler.saliency_conv.weight):
+    """Saliencies recomputed from features recorded by hooks of this test (conv with the
+    weight ``weight_of(block)``, pool, softmax); the target rasterised cell by cell; KL
+    summed per image, averaged."""
     seen, handles = [], []
     for m in model.modules():
         if isinstance(m, SSBBottleneckBlock):
             handles.append(m.sampler.register_forward_hook(
-                lambda mod, inputs, grid: seen.append((mod, inputs[0]))))
+                lambda mod, inputs, grid, w=weight_of(m): seen.append((mod, w, inputs[0]))))
     with torch.no_grad():
         model.backbone(model.preprocess_image(batch).tensor)
     for h in handles:
         h.remove()
     terms = []
-    for sampler, a in seen:
+    for sampler, weight, a in seen:
         g = sampler.grid_size
-        logits = F.adaptive_avg_pool2d(F.conv2d(a, sampler.saliency_conv.weight), g).double()
+        logits = F.adaptive_avg_pool2d(F.conv2d(a, weight), g).double()
         s = torch.softmax(logits.flatten(1), dim=1)
         for n, x in enumerate(batch):
             inst = x["instances"]
@@ -176,3 +177,76 @@ def test_detach_keeps_the_loss_off_the_features(detach):
         assert all(g is None or g.abs().sum() == 0 for g in conv1_grads)
     else:
         assert all(g is not None and g.abs().sum() > 0 for g in conv1_grads)
+
+
+def build_auxiliary(seed=0, **ssb):
+    """An auxiliary-head detector with random (non-zero) heads, so the loss is not trivial."""
+    torch.manual_seed(seed)
+    model = build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", **ssb))
+    for head in model.aux_saliency.values():
+        torch.nn.init.normal_(head.saliency_conv.weight, std=0.05)
+    return model
+
+
+def _aux_weight(model):
+    names = {m: n for n, m in model.named_modules()}
+    return lambda block: model.aux_saliency[
+        "_".join(names[block].split(".")[-2:])].saliency_conv.weight
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_auxiliary_heads_get_the_same_loss_on_the_same_features(uniform):
+    model = build_auxiliary(UNIFORM=uniform, BOX_SALIENCY_MASS=0.3).train()
+    blocks = [m for m in model.modules() if isinstance(m, SSBBottleneckBlock)]
+    assert set(model.aux_saliency) == {"res2_0", "res2_1", "res2_2", "res3_1", "res3_2", "res3_3",
+                                       "res4_1", "res4_2", "res4_3", "res4_4", "res4_5"}
+    assert all(b.sampler.uniform == uniform for b in blocks)
+    batch = random_batch(with_masks=False, h=64, w=96)
+    with EventStorage(0):
+        losses = model(batch)
+    expect = reference_loss(model, batch, 0.3, weight_of=_aux_weight(model))
+    assert expect > 0.01
+    assert losses["loss_saliency"].item() == pytest.approx(expect.item(), rel=1e-5)
+    losses["loss_saliency"].backward()
+    trained = [b for b in blocks if b.conv1.weight.requires_grad]
+    assert trained and all(b.conv1.weight.grad.abs().sum() > 0 for b in trained)
+    assert all(h.saliency_conv.weight.grad.abs().sum() > 0 for h in model.aux_saliency.values()
+               if h.saliency_conv.weight.requires_grad)
+
+
+def test_auxiliary_heads_sample_nothing():
+    """With trained (random) heads, the detector's training losses but the saliency one, and
+    its detections, are GeneralizedRCNN's with the other weights."""
+    batch = random_batch(with_masks=False, h=64, w=96)
+    model = build_auxiliary(UNIFORM=True)
+    cfg = supervised_cfg(UNIFORM=True)
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    plain = build_model(cfg)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("aux_saliency.") for k in unexpected)
+    losses = []
+    for m in (model, plain):
+        torch.manual_seed(1)  # the RPN and ROI heads sample their training proposals at random
+        with EventStorage(0), torch.no_grad():
+            losses.append(m.train()(batch))
+    assert set(losses[0]) == set(losses[1]) | {"loss_saliency"}
+    assert all(torch.equal(losses[0][k], v) for k, v in losses[1].items())
+    inputs = [{"image": x["image"], "height": 64, "width": 96} for x in batch]
+    with torch.no_grad():
+        got, want = model.eval()(inputs), plain.eval()(inputs)
+    for a, b in zip(got, want):
+        assert torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+
+
+def test_auxiliary_heads_learn_with_the_saliency_learning_rate():
+    from ssb_det.engine.optim import saliency_parameters
+    model = build_auxiliary(UNIFORM=True)
+    heads = {id(h.saliency_conv.weight) for h in model.aux_saliency.values()}
+    assert {id(p) for p in saliency_parameters(model)} == heads  # uniform: no other saliency
+
+
+def test_auxiliary_heads_need_ssb_blocks():
+    with pytest.raises(ValueError, match="BOX_SALIENCY_HEAD"):
+        build_model(supervised_cfg(BOX_SALIENCY_HEAD="nearby"))
+    with pytest.raises(ValueError, match="has none"):
+        build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", ENABLED=False))
