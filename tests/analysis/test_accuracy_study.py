@@ -44,6 +44,9 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency LR x10 detached": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
+    "SSB-R50 uniform, box-supervised auxiliary saliency LR x10": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.UNIFORM": True, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
@@ -67,6 +70,9 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency LR x10 detached tiny": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
+    "SSB-R50 uniform, box-supervised auxiliary saliency LR x10 tiny": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.UNIFORM": True, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
