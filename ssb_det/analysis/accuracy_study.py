@@ -50,6 +50,9 @@ VARIANTS: Dict[str, str] = {
     # Their control: the same loss on auxiliary heads that sample nothing, uniform sampling.
     "SSB-R50 uniform, box-supervised auxiliary saliency LR x10":
         "faster_rcnn_SSB_R_50_uniform_boxsal_aux_salr10_FPN_small.yaml",
+    # ... and the plain host with the same auxiliary heads on the same blocks.
+    "R50, box-supervised auxiliary saliency LR x10":
+        "faster_rcnn_R_50_boxsal_aux_salr10_FPN_small.yaml",
     # The pretrained path: the same networks started from the plain R50 run of the same seed
     # (its model_final.pth, loaded like converted weights: the saliency convs start at zero).
     "R50 continued": "faster_rcnn_R_50_FPN_small.yaml",
@@ -133,6 +136,11 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 uniform, box-supervised auxiliary saliency LR x10", "SSB-R50 uniform"),
          ("SSB-R50 box-supervised saliency LR x10",
           "SSB-R50 uniform, box-supervised auxiliary saliency LR x10"),
+         ("R50, box-supervised auxiliary saliency LR x10", "R50"),
+         ("SSB-R50 box-supervised saliency LR x10",
+          "R50, box-supervised auxiliary saliency LR x10"),
+         ("SSB-R50 uniform, box-supervised auxiliary saliency LR x10",
+          "R50, box-supervised auxiliary saliency LR x10"),
          ("SSB-R50 from R50", "SSB-R50 uniform from R50"), ("SSB-R50 from R50", "R50 continued"),
          ("SSB-R50 uniform from R50", "R50 continued"), ("R50 continued", "R50"),
          ("SSB-R50 continued", "SSB-R50 uniform continued"), ("SSB-R50 continued", "R50 continued"),

@@ -8,47 +8,74 @@ share ``MODEL.SSB.BOX_SALIENCY_MASS`` on the ground-truth boxes and the rest uni
 box is needed. Select it with ``MODEL.META_ARCHITECTURE "SaliencySupervisedRCNN"``.
 
 ``MODEL.SSB.BOX_SALIENCY_HEAD "auxiliary"`` is its control: the same loss on a separate
-saliency head per SSB block, reading the same features and never used for sampling. The
-features then get the same auxiliary signal while the sampling is left alone (uniform with
-``MODEL.SSB.UNIFORM True``), which prices the supervision apart from where the samples go.
+saliency head per block that an SSB network samples, reading the same features (the block's
+``relu(conv1(x))``) and never used for sampling. The features then get the same auxiliary
+signal while the sampling is left alone (uniform with ``MODEL.SSB.UNIFORM True``), which
+prices the supervision apart from where the samples go; with ``MODEL.SSB.ENABLED False`` the
+plain host gets the same heads at the same blocks.
 """
 import contextvars
 import functools
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from torch import nn
 
-from ..layers import SaliencySampler
+from ..layers import SaliencySampler, as_grid_tensor
 from ..layers.box_saliency import box_saliency_target, saliency_kl
-from .blocks import learned_ssb_blocks, ssb_blocks
+from .backbone import region_sizes
+from .blocks import learned_ssb_blocks
 
-__all__ = ["SaliencySupervisedRCNN", "BOX_SALIENCY_HEADS"]
+__all__ = ["SaliencySupervisedRCNN", "BOX_SALIENCY_HEADS", "sampled_positions"]
 
 # Whose saliency the loss supervises: each block's own sampler, or a head beside it.
 BOX_SALIENCY_HEADS = ("sampler", "auxiliary")
 
-# What the samplers are called with in the current training forward (the module whose
-# saliency is supervised, features, valid sizes), or None outside one. A context variable,
-# not module state: each thread (and each forward) sees only its own.
-_CALLS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("ssb_calls", default=None)
+# What the current training forward records, or None outside one: the list of
+# (module whose saliency is supervised, its input features, valid sizes) and the images'
+# sizes. A context variable, not module state: each thread (and each forward) sees only its
+# own.
+_RECORD: contextvars.ContextVar[Optional[tuple]] = contextvars.ContextVar("ssb_record",
+                                                                          default=None)
 
 
-def _keep_call(head, sampler, inputs):
-    calls = _CALLS.get()
-    if calls is not None:
+def _keep_sampler_input(sampler, inputs):
+    record = _RECORD.get()
+    if record is not None:
         features, valid_size = (tuple(inputs) + (None,))[:2]
-        calls.append((sampler if head is None else head, features, valid_size))
+        record[0].append((sampler, features, valid_size))
 
 
-def _auxiliary_head(block) -> SaliencySampler:
-    """A zero-initialised saliency head like ``block``'s sampler, learned even where that
-    sampler is uniform; only its :meth:`~SaliencySampler.saliency` is ever called."""
-    s = block.sampler
-    return SaliencySampler(block.conv1.out_channels, s.ratio, grid_size=s.grid_size,
-                           padding=s.padding, sigma=s.sigma, saliency_bound=s.saliency_bound)
+def _keep_block_features(head, stride, conv1, inputs, output):
+    record = _RECORD.get()
+    if record is not None:
+        calls, image_sizes = record
+        # relu(conv1(x)), what the block's 3x3 (or sampler) reads; not relu_: the block
+        # applies that to ``output`` itself.
+        calls.append((head, F.relu(output), region_sizes(image_sizes, stride)))
+
+
+def sampled_positions(backbone: nn.Module, ratios: Sequence[float]) -> Dict[str, tuple]:
+    """``{name: (block, stride, ratio)}`` of the blocks an SSB network samples: the stride-1
+    blocks of each stage whose ratio (``MODEL.SSB.RATIOS``, res2..res5) is below 1, in an SSB
+    network or in its plain host; ``stride`` is the block's, relative to the image.
+
+    Args:
+        backbone: a Detectron2 ``ResNet`` (or an FPN around one, as ``bottom_up``).
+        ratios: sampling ratio per stage, res2..res5.
+    """
+    resnet = getattr(backbone, "bottom_up", backbone)
+    positions = {}
+    for name, stage in zip(getattr(resnet, "stage_names", ()), getattr(resnet, "stages", ())):
+        ratio = ratios[int(name[3:]) - 2]
+        if ratio < 1.0:
+            stride = resnet._out_feature_strides[name]
+            positions.update({f"{name}.{i}": (b, stride, ratio) for i, b in enumerate(stage)
+                              if b.stride == 1})
+    return positions
 
 
 @META_ARCH_REGISTRY.register()
@@ -61,15 +88,19 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         box_saliency_detach (bool): the loss trains the saliency convs only, not the features
             they read (the backbone then learns from the detection losses alone).
         box_saliency_head (str): ``"sampler"``: supervise the saliency each learned SSB
-            block samples with; ``"auxiliary"``: supervise a separate head per SSB block
-            (``aux_saliency``), reading the same features, whose saliency samples nothing.
+            block samples with; ``"auxiliary"``: supervise a separate head (``aux_saliency``)
+            per block of :func:`sampled_positions`, whose saliency samples nothing.
+        sampling_ratios (sequence[float]): ``MODEL.SSB.RATIOS``, where the auxiliary heads go.
+        aux_head (dict): ``SaliencySampler`` keywords of the auxiliary heads (grid size,
+            padding, sigma, saliency bound), as the SSB samplers'.
         other arguments: as ``GeneralizedRCNN``.
     """
 
     @configurable
     def __init__(self, *, box_saliency_weight: float, box_saliency_mass: float,
                  box_saliency_detach: bool = False, box_saliency_head: str = "sampler",
-                 **kwargs):
+                 sampling_ratios: Sequence[float] = (0.5, 0.5, 0.5, 1.0),
+                 aux_head: Optional[dict] = None, **kwargs):
         super().__init__(**kwargs)
         if not box_saliency_weight >= 0:
             raise ValueError(
@@ -84,21 +115,22 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             raise ValueError(f"MODEL.SSB.BOX_SALIENCY_HEAD must be one of {BOX_SALIENCY_HEADS}, "
                              f"got {box_saliency_head!r}")
         self.box_saliency_head = box_saliency_head
-        heads = {}
+        # Hooks registered once; they record nothing outside a training forward of this class.
         if box_saliency_head == "auxiliary":
-            blocks = ssb_blocks(self.backbone)
-            if not blocks:
-                raise ValueError('MODEL.SSB.BOX_SALIENCY_HEAD "auxiliary" reads the features '
-                                 "of SSB blocks, and the backbone has none")
-            self.aux_saliency = nn.ModuleDict(
-                {name.replace(".", "_"): _auxiliary_head(b) for name, b in blocks.items()})
-            heads = {name: self.aux_saliency[name.replace(".", "_")] for name in blocks}
+            positions = sampled_positions(self.backbone, sampling_ratios)
+            if not positions:
+                raise ValueError(
+                    'MODEL.SSB.BOX_SALIENCY_HEAD "auxiliary" puts its heads on the blocks an SSB '
+                    "network samples (stride 1, MODEL.SSB.RATIOS < 1), and the backbone has none")
+            self.aux_saliency = nn.ModuleDict()
+            for name, (block, stride, ratio) in positions.items():
+                head = SaliencySampler(block.conv1.out_channels, ratio, **(aux_head or {}))
+                self.aux_saliency[name.replace(".", "_")] = head
+                block.conv1.register_forward_hook(
+                    functools.partial(_keep_block_features, head, stride))
         else:
-            blocks = learned_ssb_blocks(self.backbone)
-        # Registered once; they record nothing outside a training forward of this class.
-        for name, block in blocks.items():
-            block.sampler.register_forward_pre_hook(
-                functools.partial(_keep_call, heads.get(name)))
+            for block in learned_ssb_blocks(self.backbone).values():
+                block.sampler.register_forward_pre_hook(_keep_sampler_input)
 
     @classmethod
     def from_config(cls, cfg):
@@ -107,6 +139,10 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         ret["box_saliency_mass"] = cfg.MODEL.SSB.BOX_SALIENCY_MASS
         ret["box_saliency_detach"] = cfg.MODEL.SSB.BOX_SALIENCY_DETACH
         ret["box_saliency_head"] = cfg.MODEL.SSB.BOX_SALIENCY_HEAD
+        ret["sampling_ratios"] = tuple(cfg.MODEL.SSB.RATIOS)
+        s = cfg.MODEL.SSB
+        ret["aux_head"] = dict(grid_size=s.GRID_SIZE, padding=s.GRID_PADDING,
+                               sigma=s.KERNEL_SIGMA, saliency_bound=s.SALIENCY_BOUND)
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -114,12 +150,14 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             return super().forward(batched_inputs)
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("SaliencySupervisedRCNN: training inputs need their 'instances'")
-        token = _CALLS.set([])
+        calls = []
+        image_sizes = as_grid_tensor([x["image"].shape[-2:] for x in batched_inputs],
+                                     self.device)
+        token = _RECORD.set((calls, image_sizes))
         try:
             losses = super().forward(batched_inputs)
-            calls = _CALLS.get()
         finally:
-            _CALLS.reset(token)
+            _RECORD.reset(token)
         if not calls:  # no sampler was called: nothing learns a saliency
             raise ValueError(
                 "SaliencySupervisedRCNN: the backbone has no learned saliency to supervise "
@@ -135,9 +173,8 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         1-channel 1x1 conv and a pooling, small next to the block).
 
         Args:
-            calls: ``(head, features, valid_size)`` of each sampler call of one forward, with
-                ``head`` the module whose saliency is supervised (the sampler, or its
-                auxiliary head).
+            calls: ``(head, features, valid_size)`` recorded in one forward, with ``head``
+                the module whose saliency is supervised (a sampler, or an auxiliary head).
             instances: per image, Detectron2 ``Instances`` with ``gt_boxes`` in the pixels of
                 its ``image_size``.
         """

@@ -47,6 +47,9 @@ DEFINING_KEYS = {
     "SSB-R50 uniform, box-supervised auxiliary saliency LR x10": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.UNIFORM": True, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
+    "R50, box-supervised auxiliary saliency LR x10": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.ENABLED": False, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},

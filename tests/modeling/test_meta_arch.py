@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from ssb_det.modeling import SaliencySupervisedRCNN, SSBBottleneckBlock
-from ssb_det.modeling.meta_arch import _CALLS
+from ssb_det.modeling.meta_arch import _RECORD, sampled_positions
 from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 from test_rcnn import random_batch, rcnn_cfg  # noqa: E402
 
@@ -37,22 +37,27 @@ def build(seed=0, **ssb):
     return model
 
 
-def reference_loss(model, batch, mass, weight_of=lambda block: block.sampler.saliency_conv.weight):
-    """Saliencies recomputed from features recorded by hooks of this test (conv with the
-    weight ``weight_of(block)``, pool, softmax); the target rasterised cell by cell; KL
-    summed per image, averaged."""
+def sampler_taps(model):
+    """Where the sampler-supervised loss reads: each learned sampler's input and conv."""
+    return [(m.sampler, lambda inputs: inputs[0], m.sampler.saliency_conv.weight)
+            for m in model.modules() if isinstance(m, SSBBottleneckBlock)]
+
+
+def reference_loss(model, batch, mass, taps=None):
+    """Saliencies recomputed from features recorded by hooks of this test: ``taps`` lists
+    (module, features from its inputs, saliency conv weight), by default the samplers'; then
+    conv, pool, softmax; the target rasterised cell by cell; KL summed per image, averaged."""
     seen, handles = [], []
-    for m in model.modules():
-        if isinstance(m, SSBBottleneckBlock):
-            handles.append(m.sampler.register_forward_hook(
-                lambda mod, inputs, grid, w=weight_of(m): seen.append((mod, w, inputs[0]))))
+    for module, features, weight in (sampler_taps(model) if taps is None else taps):
+        handles.append(module.register_forward_pre_hook(
+            lambda mod, inputs, f=features, w=weight: seen.append((w, f(inputs)))))
     with torch.no_grad():
         model.backbone(model.preprocess_image(batch).tensor)
     for h in handles:
         h.remove()
+    g = 31  # MODEL.SSB.GRID_SIZE (default)
     terms = []
-    for sampler, weight, a in seen:
-        g = sampler.grid_size
+    for weight, a in seen:
         logits = F.adaptive_avg_pool2d(F.conv2d(a, weight), g).double()
         s = torch.softmax(logits.flatten(1), dim=1)
         for n, x in enumerate(batch):
@@ -80,7 +85,7 @@ def test_the_training_loss_is_the_log_density_distance_to_the_box_target():
     expect = 2.0 * reference_loss(model, batch, 0.3)
     assert expect > 0.01
     assert losses["loss_saliency"].item() == pytest.approx(expect.item(), rel=1e-5)
-    assert _CALLS.get() is None  # nothing kept after the forward
+    assert _RECORD.get() is None  # nothing kept after the forward
 
 
 def test_the_loss_teaches_the_saliency_convs_to_sample_the_boxes():
@@ -188,10 +193,13 @@ def build_auxiliary(seed=0, **ssb):
     return model
 
 
-def _aux_weight(model):
-    names = {m: n for n, m in model.named_modules()}
-    return lambda block: model.aux_saliency[
-        "_".join(names[block].split(".")[-2:])].saliency_conv.weight
+def aux_taps(model):
+    """Where the auxiliary loss reads: relu(conv1(x)) of every sampled block, by its own
+    conv1 called on the block's input, with the head of the block's name."""
+    return [(m, lambda inputs, m=m: F.relu(m.conv1(inputs[0])),
+             model.aux_saliency[name.replace(".", "_")].saliency_conv.weight)
+            for name, m in model.backbone.bottom_up.named_modules()
+            if name.replace(".", "_") in model.aux_saliency]
 
 
 @pytest.mark.parametrize("uniform", [True, False])
@@ -204,7 +212,7 @@ def test_auxiliary_heads_get_the_same_loss_on_the_same_features(uniform):
     batch = random_batch(with_masks=False, h=64, w=96)
     with EventStorage(0):
         losses = model(batch)
-    expect = reference_loss(model, batch, 0.3, weight_of=_aux_weight(model))
+    expect = reference_loss(model, batch, 0.3, taps=aux_taps(model))
     assert expect > 0.01
     assert losses["loss_saliency"].item() == pytest.approx(expect.item(), rel=1e-5)
     losses["loss_saliency"].backward()
@@ -245,8 +253,42 @@ def test_auxiliary_heads_learn_with_the_saliency_learning_rate():
     assert {id(p) for p in saliency_parameters(model)} == heads  # uniform: no other saliency
 
 
-def test_auxiliary_heads_need_ssb_blocks():
+def test_sampled_positions_are_the_ssb_blocks_and_their_plain_twins():
+    ssb = build_model(supervised_cfg())
+    positions = sampled_positions(ssb.backbone, (0.5, 0.5, 0.5, 1.0))
+    blocks = {n: m for n, m in ssb.backbone.bottom_up.named_modules()
+              if isinstance(m, SSBBottleneckBlock)}
+    assert {n: b for n, (b, _, _) in positions.items()} == blocks
+    assert {n: s for n, (_, s, _) in positions.items()} == {
+        n: {"res2": 4, "res3": 8, "res4": 16}[n[:4]] for n in blocks}
+    plain = build_model(supervised_cfg(ENABLED=False))
+    assert set(sampled_positions(plain.backbone, (0.5, 0.5, 0.5, 1.0))) == set(blocks)
+    assert set(sampled_positions(plain.backbone, (1.0, 0.5, 1.0, 0.5))) == {
+        "res3.1", "res3.2", "res3.3", "res5.1", "res5.2"}
+
+
+def test_the_plain_host_gets_the_auxiliary_loss_at_the_same_blocks():
+    torch.manual_seed(0)
+    model = build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", ENABLED=False,
+                                       BOX_SALIENCY_MASS=0.3)).train()
+    assert not any(isinstance(m, SSBBottleneckBlock) for m in model.modules())
+    assert len(model.aux_saliency) == 11
+    for head in model.aux_saliency.values():
+        torch.nn.init.normal_(head.saliency_conv.weight, std=0.05)
+    batch = random_batch(with_masks=False, h=64, w=96)
+    with EventStorage(0):
+        loss = model(batch)["loss_saliency"]
+    expect = reference_loss(model, batch, 0.3, taps=aux_taps(model))
+    assert expect > 0.01
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    loss.backward()
+    assert all(b.conv1.weight.grad.abs().sum() > 0
+               for _, (b, _, _) in sampled_positions(model.backbone, (0.5, 0.5, 0.5, 1.0)).items()
+               if b.conv1.weight.requires_grad)
+
+
+def test_auxiliary_heads_need_sampled_blocks():
     with pytest.raises(ValueError, match="BOX_SALIENCY_HEAD"):
         build_model(supervised_cfg(BOX_SALIENCY_HEAD="nearby"))
     with pytest.raises(ValueError, match="has none"):
-        build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", ENABLED=False))
+        build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", RATIOS=[1.0, 1.0, 1.0, 1.0]))
