@@ -92,7 +92,7 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             per block of :func:`sampled_positions`, whose saliency samples nothing.
         sampling_ratios (sequence[float]): ``MODEL.SSB.RATIOS``, where the auxiliary heads go.
         aux_head (dict): ``SaliencySampler`` keywords of the auxiliary heads (grid size,
-            padding, sigma, saliency bound), as the SSB samplers'.
+            padding, sigma), as the SSB samplers'.
         other arguments: as ``GeneralizedRCNN``.
     """
 
@@ -141,8 +141,9 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         ret["box_saliency_head"] = cfg.MODEL.SSB.BOX_SALIENCY_HEAD
         ret["sampling_ratios"] = tuple(cfg.MODEL.SSB.RATIOS)
         s = cfg.MODEL.SSB
+        # No SALIENCY_BOUND: it keeps a sampling map from collapsing, and these sample nothing.
         ret["aux_head"] = dict(grid_size=s.GRID_SIZE, padding=s.GRID_PADDING,
-                               sigma=s.KERNEL_SIGMA, saliency_bound=s.SALIENCY_BOUND)
+                               sigma=s.KERNEL_SIGMA)
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):

@@ -50,6 +50,10 @@ DEFINING_KEYS = {
     "R50, box-supervised auxiliary saliency LR x10": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.ENABLED": False, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
+    "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.SALIENCY_BOUND": 2.0, "MODEL.SSB.KERNEL_SIGMA": 2.0,
+        "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
@@ -76,6 +80,13 @@ DEFINING_KEYS = {
     "SSB-R50 uniform, box-supervised auxiliary saliency LR x10 tiny": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.UNIFORM": True, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
+    "R50, box-supervised auxiliary saliency LR x10 tiny": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.ENABLED": False, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
+    "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency tiny": {
+        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.SALIENCY_BOUND": 2.0, "MODEL.SSB.KERNEL_SIGMA": 2.0,
+        "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},

@@ -292,3 +292,13 @@ def test_auxiliary_heads_need_sampled_blocks():
         build_model(supervised_cfg(BOX_SALIENCY_HEAD="nearby"))
     with pytest.raises(ValueError, match="has none"):
         build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", RATIOS=[1.0, 1.0, 1.0, 1.0]))
+
+
+def test_auxiliary_heads_take_the_grid_but_not_the_collapse_bound():
+    model = build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", SALIENCY_BOUND=2.0,
+                                       KERNEL_SIGMA=2.0, GRID_SIZE=15, GRID_PADDING=7))
+    samplers = [m.sampler for m in model.modules() if isinstance(m, SSBBottleneckBlock)]
+    assert samplers and all(s.saliency_bound == 2.0 for s in samplers)
+    heads = list(model.aux_saliency.values())
+    assert all((h.grid_size, h.padding, h.sigma, h.saliency_bound) == (15, 7, 2.0, 0.0)
+               for h in heads)
