@@ -95,8 +95,8 @@ def add_ssb_config(cfg):
     # True: that loss trains the saliency convs only, not the backbone features they read.
     _C.MODEL.SSB.BOX_SALIENCY_DETACH = False
     # Whose saliency that loss supervises: "sampler" (the one each block samples with) or
-    # "auxiliary" (a separate head per SSB block on the same features, sampling nothing: the
-    # control that prices the supervision alone; works with UNIFORM True).
+    # "auxiliary" (a separate head on the same features of each block an SSB network samples,
+    # sampling nothing; also with UNIFORM True, and on the plain host with ENABLED False).
     _C.MODEL.SSB.BOX_SALIENCY_HEAD = "sampler"
     # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
     # start at zero (uniform sampling) and the map moves only once the pooled logits
