@@ -24,6 +24,17 @@ from test_configs import flat  # noqa: E402 (tests/ is on sys.path, see conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# The auxiliary box-supervised heads (SaliencySupervisedRCNN, BOX_SALIENCY_HEAD "auxiliary")
+# on three networks; the same keys define their tiny-task twins.
+_AUX = {"MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
+        "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"}
+AUXILIARY_KEYS = {
+    "SSB-R50 uniform, box-supervised auxiliary saliency LR x10": {
+        **_AUX, "MODEL.SSB.UNIFORM": True},
+    "R50, box-supervised auxiliary saliency LR x10": {**_AUX, "MODEL.SSB.ENABLED": False},
+    "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency": {
+        **_AUX, "MODEL.SSB.SALIENCY_BOUND": 2.0, "MODEL.SSB.KERNEL_SIGMA": 2.0},
+}
 # What defines each variant against the study's base config, and nothing else.
 DEFINING_KEYS = {
     "R50": {"MODEL.SSB.ENABLED": False},
@@ -44,16 +55,7 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency LR x10 detached": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
-    "SSB-R50 uniform, box-supervised auxiliary saliency LR x10": {
-        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.UNIFORM": True, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
-    "R50, box-supervised auxiliary saliency LR x10": {
-        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.ENABLED": False, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
-    "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency": {
-        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.SALIENCY_BOUND": 2.0, "MODEL.SSB.KERNEL_SIGMA": 2.0,
-        "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
+    **AUXILIARY_KEYS,
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
@@ -77,16 +79,7 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency LR x10 detached tiny": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
-    "SSB-R50 uniform, box-supervised auxiliary saliency LR x10 tiny": {
-        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.UNIFORM": True, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
-    "R50, box-supervised auxiliary saliency LR x10 tiny": {
-        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.ENABLED": False, "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
-    "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency tiny": {
-        "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.SALIENCY_BOUND": 2.0, "MODEL.SSB.KERNEL_SIGMA": 2.0,
-        "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"},
+    **{f"{v} tiny": keys for v, keys in AUXILIARY_KEYS.items()},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
