@@ -36,7 +36,7 @@ BOX_SALIENCY_HEADS = ("sampler", "auxiliary")
 
 # What the current training forward records, or None outside one: the list of
 # (module whose saliency is supervised, its input features, valid sizes) and the images'
-# sizes. A context variable, not module state: each thread (and each forward) sees only its
+# sizes (auxiliary heads only). A context variable, not module state: each thread (and each forward) sees only its
 # own.
 _RECORD: contextvars.ContextVar[Optional[tuple]] = contextvars.ContextVar("ssb_record",
                                                                           default=None)
@@ -152,8 +152,10 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("SaliencySupervisedRCNN: training inputs need their 'instances'")
         calls = []
-        image_sizes = as_grid_tensor([x["image"].shape[-2:] for x in batched_inputs],
-                                     self.device)
+        image_sizes = None  # only the auxiliary heads need them; samplers get their regions
+        if self.box_saliency_head == "auxiliary":
+            image_sizes = as_grid_tensor([x["image"].shape[-2:] for x in batched_inputs],
+                                         self.device)
         token = _RECORD.set((calls, image_sizes))
         try:
             losses = super().forward(batched_inputs)

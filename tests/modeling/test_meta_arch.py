@@ -268,13 +268,9 @@ def test_sampled_positions_are_the_ssb_blocks_and_their_plain_twins():
 
 
 def test_the_plain_host_gets_the_auxiliary_loss_at_the_same_blocks():
-    torch.manual_seed(0)
-    model = build_model(supervised_cfg(BOX_SALIENCY_HEAD="auxiliary", ENABLED=False,
-                                       BOX_SALIENCY_MASS=0.3)).train()
+    model = build_auxiliary(ENABLED=False, BOX_SALIENCY_MASS=0.3).train()
     assert not any(isinstance(m, SSBBottleneckBlock) for m in model.modules())
     assert len(model.aux_saliency) == 11
-    for head in model.aux_saliency.values():
-        torch.nn.init.normal_(head.saliency_conv.weight, std=0.05)
     batch = random_batch(with_masks=False, h=64, w=96)
     with EventStorage(0):
         loss = model(batch)["loss_saliency"]
@@ -283,7 +279,7 @@ def test_the_plain_host_gets_the_auxiliary_loss_at_the_same_blocks():
     assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
     loss.backward()
     assert all(b.conv1.weight.grad.abs().sum() > 0
-               for _, (b, _, _) in sampled_positions(model.backbone, (0.5, 0.5, 0.5, 1.0)).items()
+               for b, _, _ in sampled_positions(model.backbone, (0.5, 0.5, 0.5, 1.0)).values()
                if b.conv1.weight.requires_grad)
 
 
