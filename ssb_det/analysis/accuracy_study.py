@@ -56,6 +56,10 @@ VARIANTS: Dict[str, str] = {
     # ... and adaptive sampling (the recipe that does not collapse) under the same heads.
     "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_boxsal_aux_FPN_small.yaml",
+    # The ceiling of a learned saliency: uniform SSB-R50's network sampling with the saliency
+    # of the ground-truth boxes, in training and at test (OracleSamplingRCNN).
+    "SSB-R50 oracle sampling": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
+    "SSB-R50 oracle sampling sigma 2": "faster_rcnn_SSB_R_50_oracle_sigma2_FPN_small.yaml",
     # The pretrained path: the same networks started from the plain R50 run of the same seed
     # (its model_final.pth, loaded like converted weights: the saliency convs start at zero).
     "R50 continued": "faster_rcnn_R_50_FPN_small.yaml",
@@ -88,6 +92,8 @@ VARIANTS: Dict[str, str] = {
         "faster_rcnn_R_50_boxsal_aux_salr10_FPN_tiny.yaml",
     "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency tiny":
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_boxsal_aux_FPN_tiny.yaml",
+    "SSB-R50 oracle sampling tiny": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
+    "SSB-R50 oracle sampling sigma 2 tiny": "faster_rcnn_SSB_R_50_oracle_sigma2_FPN_tiny.yaml",
     # Is the learned sampling what the adaptive network uses? Its trained weights evaluated
     # with uniform sampling (saliency ignored), nothing retrained (EVAL_ONLY).
     "SSB-R50, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
@@ -188,7 +194,11 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency tiny",
           "SSB-R50 uniform, box-supervised auxiliary saliency LR x10 tiny"),
          ("SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency tiny",
-          "R50, box-supervised auxiliary saliency LR x10 tiny"))
+          "R50, box-supervised auxiliary saliency LR x10 tiny"),
+         ("SSB-R50 oracle sampling", "SSB-R50 uniform"),
+         ("SSB-R50 oracle sampling sigma 2", "SSB-R50 uniform"),
+         ("SSB-R50 oracle sampling tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 oracle sampling sigma 2 tiny", "SSB-R50 uniform tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

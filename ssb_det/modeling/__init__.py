@@ -12,10 +12,12 @@ from .backbone import (
     ssb_resnet_kwargs_from_cfg,
 )
 from .meta_arch import SaliencySupervisedRCNN
+from .oracle import OracleSamplingRCNN
 
 __all__ = [
     "BLOCKS_PER_STAGE",
     "DeepLabStem",
+    "OracleSamplingRCNN",
     "RSBottleneckBlock",
     "RSStem",
     "SSBBottleneckBlock",

@@ -35,6 +35,11 @@ AUXILIARY_KEYS = {
     "SSB-R50 bounded saliency LR x10 sigma 2, box-supervised auxiliary saliency": {
         **_AUX, "MODEL.SSB.SALIENCY_BOUND": 2.0, "MODEL.SSB.KERNEL_SIGMA": 2.0},
 }
+# Uniform SSB-R50's network sampling the ground-truth boxes (its config also spells out the
+# default BOX_SALIENCY_MASS 0.5); the same keys define the tiny-task twins.
+_ORACLE = {"MODEL.META_ARCHITECTURE": "OracleSamplingRCNN", "MODEL.SSB.UNIFORM": True}
+ORACLE_KEYS = {"SSB-R50 oracle sampling": _ORACLE,
+               "SSB-R50 oracle sampling sigma 2": {**_ORACLE, "MODEL.SSB.KERNEL_SIGMA": 2.0}}
 # What defines each variant against the study's base config, and nothing else.
 DEFINING_KEYS = {
     "R50": {"MODEL.SSB.ENABLED": False},
@@ -56,6 +61,7 @@ DEFINING_KEYS = {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
     **AUXILIARY_KEYS,
+    **ORACLE_KEYS,
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
     "R50 continued": {"MODEL.SSB.ENABLED": False},
     "SSB-R50 from R50": {},
@@ -79,7 +85,7 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency LR x10 detached tiny": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
-    **{f"{v} tiny": keys for v, keys in AUXILIARY_KEYS.items()},
+    **{f"{v} tiny": keys for v, keys in {**AUXILIARY_KEYS, **ORACLE_KEYS}.items()},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
