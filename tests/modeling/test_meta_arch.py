@@ -62,17 +62,23 @@ def reference_loss(model, batch, mass, taps=None):
         s = torch.softmax(logits.flatten(1), dim=1)
         for n, x in enumerate(batch):
             inst = x["instances"]
-            h, w = inst.image_size
-            t = torch.zeros(g, g, dtype=torch.float64)
-            for i in range(g):
-                for j in range(g):
-                    for x0, y0, x1, y1 in inst.gt_boxes.tensor.tolist():
-                        dy = max(0.0, min((i + 1) * h / g, y1) - max(i * h / g, y0)) / (h / g)
-                        dx = max(0.0, min((j + 1) * w / g, x1) - max(j * w / g, x0)) / (w / g)
-                        t[i, j] = max(t[i, j], dy * dx)
-            t = (t / t.sum() * mass + (1 - mass) / g ** 2).flatten()
+            t = reference_box_target(inst.gt_boxes.tensor.tolist(), *inst.image_size, g, mass)
             terms.append((t * (t.log() - s[n].log())).sum() / len(batch))
     return torch.stack(terms).sum() / len(seen)
+
+
+def reference_box_target(boxes, h, w, g, mass):
+    """The box target rasterised cell by cell: each cell's largest covered share over the
+    ``(x0, y0, x1, y1)`` boxes of an ``h x w`` image, scaled to ``mass``, plus the uniform
+    rest; flattened, float64."""
+    t = torch.zeros(g, g, dtype=torch.float64)
+    for i in range(g):
+        for j in range(g):
+            for x0, y0, x1, y1 in boxes:
+                dy = max(0.0, min((i + 1) * h / g, y1) - max(i * h / g, y0)) / (h / g)
+                dx = max(0.0, min((j + 1) * w / g, x1) - max(j * w / g, x0)) / (w / g)
+                t[i, j] = max(t[i, j], dy * dx)
+    return (t / t.sum() * mass + (1 - mass) / g ** 2).flatten()
 
 
 def test_the_training_loss_is_the_log_density_distance_to_the_box_target():
