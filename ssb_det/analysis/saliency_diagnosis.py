@@ -11,6 +11,7 @@
    relative to the gradient of the block's first conv (per weight, RMS).
 """
 import json
+import math
 import os
 import random
 from typing import Dict, List, Sequence, Tuple
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from ..layers import recasens_knots_1d
 from ..layers.sampling_stats import density_at, separable_statistics
-from ..modeling.blocks import learned_ssb_blocks
+from ..modeling.blocks import ssb_blocks
 
 __all__ = ["logit_scale_response", "block_diagnosis", "format_markdown", "main"]
 
@@ -89,20 +90,25 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
         the grid cells (mean over images), ``zoom_at_boxes`` the 2-D sampling density at the
         ground-truth box centres relative to uniform (geometric mean over the boxes; 1: the
         map does not favour them) and ``grad_ratio`` the per-weight RMS gradient of the
-        saliency conv over that of the block's ``conv1``.
+        saliency conv over that of the block's ``conv1``. The statistics of the sampling are
+        those of the grid the block samples with (an ``OracleSamplingRCNN``'s, say); a block
+        without a saliency conv (uniform) has NaN for the three saliency-conv entries.
     """
     from detectron2.utils.events import EventStorage
 
-    blocks = learned_ssb_blocks(model)
+    blocks = ssb_blocks(model)
     seen = {}
 
     def record(name):
         def hook(module, inputs, grid):
-            with torch.no_grad():
-                logits = F.adaptive_avg_pool2d(module.saliency_conv(inputs[0]),
-                                               (module.grid_size, module.grid_size)).flatten(1)
+            logit_std = float("nan")
+            if not module.uniform:
+                with torch.no_grad():
+                    logits = F.adaptive_avg_pool2d(module.saliency_conv(inputs[0]),
+                                                   (module.grid_size, module.grid_size))
+                logit_std = float(logits.flatten(1).std(dim=1).mean())
             kl, ratio = separable_statistics(grid.knots_y.detach(), grid.knots_x.detach())
-            seen[name] = dict(logit_std=float(logits.std(dim=1).mean()),
+            seen[name] = dict(logit_std=logit_std,
                               density_ratio=float(ratio.mean()), kl=float(kl.mean()),
                               zoom_at_boxes=_zoom_at_boxes(grid, batch))
         return hook
@@ -121,9 +127,11 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
         model.train(was_training)
     out = {}
     for name, block in blocks.items():
-        g_sal = block.sampler.saliency_conv.weight.grad
-        out[name] = dict(seen[name], weight_norm=float(block.sampler.saliency_conv.weight.detach().norm()),
-                         grad_ratio=_rms(g_sal) / max(_rms(block.conv1.weight.grad), 1e-30))
+        out[name] = dict(seen[name], weight_norm=float("nan"), grad_ratio=float("nan"))
+        if not block.sampler.uniform:
+            weight = block.sampler.saliency_conv.weight
+            out[name].update(weight_norm=float(weight.detach().norm()),
+                             grad_ratio=_rms(weight.grad) / max(_rms(block.conv1.weight.grad), 1e-30))
     model.zero_grad(set_to_none=True)
     return out
 
@@ -172,6 +180,10 @@ def _training_batch(cfg, images: int) -> List[dict]:
             random.setstate(py_state)
 
 
+def _g3(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.3g}"  # NaN: the block has no saliency conv
+
+
 def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) -> str:
     lines = ["| map | pattern | kernel sigma | logit scale (noise: std; object: blob height) | "
              "density max/min | KL | zoom at object |",
@@ -186,9 +198,9 @@ def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) ->
                   "density at box centres | grad RMS saliency / conv1 |",
                   "|---|---|---|---|---|---|---|"]
         for name, d in per_block.items():
-            lines.append(f"| {name} | {d['weight_norm']:.3g} | {d['logit_std']:.3g} | "
-                         f"{d['density_ratio']:.4g} | {d['kl']:.3g} | {d['zoom_at_boxes']:.3g} | "
-                         f"{d['grad_ratio']:.3g} |")
+            conv = [_g3(d[k]) for k in ("weight_norm", "logit_std", "grad_ratio")]
+            lines.append(f"| {name} | {conv[0]} | {conv[1]} | {d['density_ratio']:.4g} | "
+                         f"{d['kl']:.3g} | {d['zoom_at_boxes']:.3g} | {conv[2]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from ..layers import (DropPath, SaliencySampler, SqueezeExcitation, add_relu_, n
                       sole_reference, tracing_or_compiling)
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks",
-           "may_reuse_memory"]
+           "ssb_blocks", "may_reuse_memory"]
 
 # Where an SSB block restores the full size (see SSBBottleneckBlock).
 INVERSE_POSITIONS = ("after_conv3", "before_conv3")
@@ -226,10 +226,14 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         return add_relu_(out, self.project(x))
 
 
-def learned_ssb_blocks(model: torch.nn.Module):
-    """``{name: block}`` of every SSB block of ``model`` with a learned (non-uniform)
-    saliency, named by stage and index whatever the model around the backbone (a detector's
-    ``backbone.bottom_up.``, a classifier's ``backbone.``, a ``DistributedDataParallel``
-    wrapper), e.g. ``"res3.1"``."""
+def ssb_blocks(model: torch.nn.Module):
+    """``{name: block}`` of every SSB block of ``model``, named by stage and index whatever
+    the model around the backbone (a detector's ``backbone.bottom_up.``, a classifier's
+    ``backbone.``, a ``DistributedDataParallel`` wrapper), e.g. ``"res3.1"``."""
     return {".".join(name.split(".")[-2:]): m for name, m in model.named_modules()
-            if isinstance(m, SSBBottleneckBlock) and not m.sampler.uniform}
+            if isinstance(m, SSBBottleneckBlock)}
+
+
+def learned_ssb_blocks(model: torch.nn.Module):
+    """:func:`ssb_blocks` with a learned (non-uniform) saliency."""
+    return {name: m for name, m in ssb_blocks(model).items() if not m.sampler.uniform}

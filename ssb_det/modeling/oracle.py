@@ -26,7 +26,7 @@ from detectron2.structures import BoxMode
 
 from ..layers.tensor_ops import to_grid_dtype
 from ..layers.box_saliency import box_saliency_target
-from .blocks import SSBBottleneckBlock
+from .blocks import ssb_blocks
 
 __all__ = ["OracleSamplingRCNN", "catalog_boxes"]
 
@@ -86,7 +86,7 @@ class OracleSamplingRCNN(GeneralizedRCNN):
             raise ValueError(f"MODEL.SSB.BOX_SALIENCY_MASS must be in [0, 1), got {oracle_mass}")
         self.oracle_mass = float(oracle_mass)
         self.test_datasets = tuple(test_datasets)
-        samplers = [m.sampler for m in self.backbone.modules() if isinstance(m, SSBBottleneckBlock)]
+        samplers = [block.sampler for block in ssb_blocks(self.backbone).values()]
         if not samplers:
             raise ValueError("OracleSamplingRCNN: the backbone has no SSB block to sample with "
                              "(MODEL.SSB.ENABLED False, or every MODEL.SSB.RATIOS is 1)")

@@ -51,6 +51,26 @@ def test_block_diagnosis_at_initialisation_leaves_the_model_as_it_was():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_block_diagnosis_reports_the_grid_each_block_samples_with():
+    # The oracle samples the uniform network at the boxes: the statistics are its grid's,
+    # and the saliency-conv entries are NaN (no conv).
+    cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml"))
+    model = build_detector(cfg)
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances((64, 96))
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 22.0, 20.0]]))
+    inst.gt_classes = torch.tensor([1])
+    image = torch.randint(0, 255, (3, 64, 96), generator=torch.Generator().manual_seed(0))
+    result = block_diagnosis(model, [dict(image=image.float(), instances=inst, height=64, width=96)])
+    assert len(result) == 11
+    zooms = {d["zoom_at_boxes"] for d in result.values()}
+    assert len(zooms) == 1 and zooms.pop() > 1.0  # one target, one kernel: the same zoom
+    for d in result.values():
+        assert d["density_ratio"] > 1.0
+        assert all(d[k] != d[k] for k in ("weight_norm", "logit_std", "grad_ratio"))  # NaN
+
+
 def test_zoom_at_boxes_by_hand():
     from types import SimpleNamespace
 
