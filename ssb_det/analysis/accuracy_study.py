@@ -104,6 +104,12 @@ VARIANTS: Dict[str, str] = {
         "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
     "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test":
         "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
+    # Where does the oracle's difference arise: in what the network learned from sampling the
+    # boxes, or in sampling them at test? Each network evaluated with the other's sampling.
+    "SSB-R50 oracle sampling, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
+    "SSB-R50 uniform, oracle sampling at test": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
+    "SSB-R50 oracle sampling tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
+    "SSB-R50 uniform tiny, oracle sampling at test": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -122,12 +128,19 @@ INIT_FROM: Dict[str, str] = {
         "SSB-R50 box-supervised saliency LR x10",
     "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test":
         "SSB-R50 box-supervised saliency LR x10 detached tiny",
+    "SSB-R50 oracle sampling, uniform at test": "SSB-R50 oracle sampling",
+    "SSB-R50 uniform, oracle sampling at test": "SSB-R50 uniform",
+    "SSB-R50 oracle sampling tiny, uniform at test": "SSB-R50 oracle sampling tiny",
+    "SSB-R50 uniform tiny, oracle sampling at test": "SSB-R50 uniform tiny",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
              "SSB-R50 box-supervised saliency LR x10 tiny, uniform at test",
              "SSB-R50 box-supervised saliency LR x10, uniform at test",
-             "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test")
+             "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test",
+             "SSB-R50 oracle sampling, uniform at test", "SSB-R50 uniform, oracle sampling at test",
+             "SSB-R50 oracle sampling tiny, uniform at test",
+             "SSB-R50 uniform tiny, oracle sampling at test")
 DEFAULT_VARIANTS = ("R50", "SSB-R50", "SSB-R50 uniform", "SSB-R101")
 # The differences the study is about: (a, b) reports a - b, paired by seed.
 PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50"),
@@ -198,7 +211,11 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 oracle sampling", "SSB-R50 uniform"),
          ("SSB-R50 oracle sampling sigma 2", "SSB-R50 uniform"),
          ("SSB-R50 oracle sampling tiny", "SSB-R50 uniform tiny"),
-         ("SSB-R50 oracle sampling sigma 2 tiny", "SSB-R50 uniform tiny"))
+         ("SSB-R50 oracle sampling sigma 2 tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 oracle sampling", "SSB-R50 oracle sampling, uniform at test"),
+         ("SSB-R50 uniform, oracle sampling at test", "SSB-R50 uniform"),
+         ("SSB-R50 oracle sampling tiny", "SSB-R50 oracle sampling tiny, uniform at test"),
+         ("SSB-R50 uniform tiny, oracle sampling at test", "SSB-R50 uniform tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

@@ -93,6 +93,10 @@ DEFINING_KEYS = {
     "SSB-R50 box-supervised saliency LR x10, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 box-supervised saliency LR x10 detached tiny, uniform at test": {
         "MODEL.SSB.UNIFORM": True},
+    "SSB-R50 oracle sampling, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 oracle sampling tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 uniform, oracle sampling at test": _ORACLE,
+    "SSB-R50 uniform tiny, oracle sampling at test": _ORACLE,
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
