@@ -94,6 +94,7 @@ VARIANTS: Dict[str, str] = {
         "faster_rcnn_SSB_R_50_bounded_salr10_sigma2_boxsal_aux_FPN_tiny.yaml",
     "SSB-R50 oracle sampling tiny": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
     "SSB-R50 oracle sampling sigma 2 tiny": "faster_rcnn_SSB_R_50_oracle_sigma2_FPN_tiny.yaml",
+    "SSB-R50 oracle sampling mass 0.2 tiny": "faster_rcnn_SSB_R_50_oracle_mass02_FPN_tiny.yaml",
     # Is the learned sampling what the adaptive network uses? Its trained weights evaluated
     # with uniform sampling (saliency ignored), nothing retrained (EVAL_ONLY).
     "SSB-R50, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_small.yaml",
@@ -212,6 +213,8 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 oracle sampling sigma 2", "SSB-R50 uniform"),
          ("SSB-R50 oracle sampling tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50 oracle sampling sigma 2 tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 oracle sampling mass 0.2 tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 oracle sampling tiny", "SSB-R50 oracle sampling mass 0.2 tiny"),
          ("SSB-R50 oracle sampling", "SSB-R50 oracle sampling, uniform at test"),
          ("SSB-R50 uniform, oracle sampling at test", "SSB-R50 uniform"),
          ("SSB-R50 oracle sampling tiny", "SSB-R50 oracle sampling tiny, uniform at test"),

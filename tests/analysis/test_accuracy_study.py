@@ -86,6 +86,7 @@ DEFINING_KEYS = {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
         "MODEL.SSB.BOX_SALIENCY_DETACH": True},
     **{f"{v} tiny": keys for v, keys in {**AUXILIARY_KEYS, **ORACLE_KEYS}.items()},
+    "SSB-R50 oracle sampling mass 0.2 tiny": {**_ORACLE, "MODEL.SSB.BOX_SALIENCY_MASS": 0.2},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
