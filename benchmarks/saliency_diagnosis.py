@@ -25,6 +25,7 @@ def parse_args(argv=None):
     parser.add_argument("--weights", nargs="*", default=[], help="trained checkpoints")
     parser.add_argument("--images", type=int, default=8, help="training images in the batch")
     parser.add_argument("--output", default=None, help="write <output>.md and <output>.json")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
 

@@ -210,7 +210,7 @@ def main(args) -> int:
 
     from .models import build_detector, load_cfg
 
-    cfg = load_cfg(args.config_file)
+    cfg = load_cfg(args.config_file, args.opts)
     stride_sizes = [(cfg.INPUT.MIN_SIZE_TEST // s, cfg.INPUT.MAX_SIZE_TEST // s) for s in (4, 16)]
     response = []
     for size in stride_sizes:
