@@ -215,7 +215,11 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 oracle sampling sigma 2 tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50 oracle sampling mass 0.2 tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50 oracle sampling tiny", "SSB-R50 oracle sampling mass 0.2 tiny"),
+         ("SSB-R50 oracle sampling sigma 2", "SSB-R50 oracle sampling"),
+         ("SSB-R50 oracle sampling sigma 2 tiny", "SSB-R50 oracle sampling tiny"),
          ("SSB-R50 oracle sampling", "SSB-R50 oracle sampling, uniform at test"),
+         ("SSB-R50 oracle sampling, uniform at test", "SSB-R50 uniform"),
+         ("SSB-R50 oracle sampling tiny, uniform at test", "SSB-R50 uniform tiny"),
          ("SSB-R50 uniform, oracle sampling at test", "SSB-R50 uniform"),
          ("SSB-R50 oracle sampling tiny", "SSB-R50 oracle sampling tiny, uniform at test"),
          ("SSB-R50 uniform tiny, oracle sampling at test", "SSB-R50 uniform tiny"))
