@@ -36,8 +36,8 @@ BOX_SALIENCY_HEADS = ("sampler", "auxiliary")
 
 # What the current training forward records, or None outside one: the list of
 # (module whose saliency is supervised, its input features, valid sizes) and the images'
-# sizes (auxiliary heads only). A context variable, not module state: each thread (and each forward) sees only its
-# own.
+# sizes (auxiliary heads only). A context variable, not module state: each thread (and each
+# forward) sees only its own.
 _RECORD: contextvars.ContextVar[Optional[tuple]] = contextvars.ContextVar("ssb_record",
                                                                           default=None)
 

@@ -9,6 +9,17 @@ from ssb_det.analysis.saliency_diagnosis import block_diagnosis, logit_scale_res
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def training_item(box, gen):
+    """A 64x96 training input with one ground-truth box ``(x0, y0, x1, y1)`` of class 1."""
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances((64, 96))
+    inst.gt_boxes = Boxes(torch.tensor([box]))
+    inst.gt_classes = torch.tensor([1])
+    return dict(image=torch.randint(0, 255, (3, 64, 96), generator=gen).float(),
+                instances=inst, height=64, width=96)
+
+
 def test_zero_logits_sample_uniformly_and_larger_logits_move_the_map_more():
     rows = logit_scale_response([0.0, 1.0, 4.0], [5.5, 2.0], map_size=(8, 10), grid_size=9,
                                 padding=8, draws=4)
@@ -27,16 +38,8 @@ def test_block_diagnosis_at_initialisation_leaves_the_model_as_it_was():
     model = build_detector(cfg)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
-    from detectron2.structures import Boxes, Instances
-
-    def item():
-        inst = Instances((64, 96))
-        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 30.0, 40.0]]))
-        inst.gt_classes = torch.tensor([1])
-        return dict(image=torch.randint(0, 255, (3, 64, 96), generator=gen).float(),
-                    instances=inst, height=64, width=96)
-
-    result = block_diagnosis(model, [item(), item()])
+    box = [10.0, 12.0, 30.0, 40.0]
+    result = block_diagnosis(model, [training_item(box, gen), training_item(box, gen)])
     assert sorted(result) == sorted(["res2.0", "res2.1", "res2.2", "res3.1", "res3.2", "res3.3",
                                      "res4.1", "res4.2", "res4.3", "res4.4", "res4.5"])
     for d in result.values():
@@ -56,13 +59,8 @@ def test_block_diagnosis_reports_the_grid_each_block_samples_with():
     # and the saliency-conv entries are NaN (no conv).
     cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml"))
     model = build_detector(cfg)
-    from detectron2.structures import Boxes, Instances
-
-    inst = Instances((64, 96))
-    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 22.0, 20.0]]))
-    inst.gt_classes = torch.tensor([1])
-    image = torch.randint(0, 255, (3, 64, 96), generator=torch.Generator().manual_seed(0))
-    result = block_diagnosis(model, [dict(image=image.float(), instances=inst, height=64, width=96)])
+    item = training_item([10.0, 12.0, 22.0, 20.0], torch.Generator().manual_seed(0))
+    result = block_diagnosis(model, [item])
     assert len(result) == 11
     zooms = {d["zoom_at_boxes"] for d in result.values()}
     assert len(zooms) == 1 and zooms.pop() > 1.0  # one target, one kernel: the same zoom

@@ -49,15 +49,17 @@ def build(mass=0.5, sigma=5.5, seed=0, **overrides):
 
 
 def record_grids(model):
-    """A hook after the oracle's on every SSB sampler: the grids the blocks sample with, per
-    thread."""
+    """A hook after the oracle's on every SSB sampler: ``({thread: grids the blocks sample
+    with}, number of SSB blocks)``."""
     seen = {}
 
     def hook(sampler, inputs, grid):
         seen.setdefault(threading.get_ident(), []).append(grid)
 
     blocks = [m for m in model.backbone.modules() if isinstance(m, SSBBottleneckBlock)]
-    return seen, [b.sampler.register_forward_hook(hook) for b in blocks], len(blocks)
+    for b in blocks:
+        b.sampler.register_forward_hook(hook)
+    return seen, len(blocks)
 
 
 def expected_knots(boxes, size, mass, sigma, g=31, padding=30):
@@ -76,7 +78,7 @@ def assert_sampled_at(grids, n, boxes, size, mass, sigma):
 def test_training_samples_each_image_at_its_boxes_in_a_padded_batch():
     model = build(mass=0.4, sigma=2.0).train()
     assert isinstance(model, OracleSamplingRCNN)
-    seen, handles, blocks = record_grids(model)
+    seen, blocks = record_grids(model)
     batch = random_batch(with_masks=False, h=96, w=128)
     batch[1] = random_batch(with_masks=False, h=64, w=96, seed=1)[1]  # padded to 96 x 128
     with EventStorage(0):
@@ -97,7 +99,7 @@ def test_training_samples_each_image_at_its_boxes_in_a_padded_batch():
 
 def test_inference_takes_the_boxes_of_the_test_set_scaled_to_the_input():
     model = build().eval()
-    seen, _, _ = record_grids(model)
+    seen, _ = record_grids(model)
     gen = torch.Generator().manual_seed(0)
     # the images resized to half their size on disk, as a test loader would
     batch = [{"image": torch.randint(0, 256, (3, h // 2, w // 2), generator=gen).float(),
@@ -113,7 +115,7 @@ def test_inference_takes_the_boxes_of_the_test_set_scaled_to_the_input():
 
 def test_outside_its_forward_the_blocks_sample_as_configured():
     model = build().eval()
-    seen, _, _ = record_grids(model)
+    seen, _ = record_grids(model)
     with torch.no_grad():
         model.backbone(torch.randn(1, 3, 64, 96))
     identity = np.linspace(0, 1, 32)
@@ -123,7 +125,7 @@ def test_outside_its_forward_the_blocks_sample_as_configured():
 
 def test_threads_sample_their_own_boxes():
     model = build().eval()
-    seen, _, _ = record_grids(model)
+    seen, _ = record_grids(model)
     gen = torch.Generator().manual_seed(0)
     inputs = [[{"image": torch.randint(0, 256, (3, h, w), generator=gen).float(),
                 "file_name": f, "height": h, "width": w}] for f, h, w, _ in ON_DISK]
