@@ -111,6 +111,14 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 uniform, oracle sampling at test": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
     "SSB-R50 oracle sampling tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 uniform tiny, oracle sampling at test": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
+    # Does the oracle's loss survive a longer schedule? Uniform SSB-R50's trained weights
+    # trained 500 more iterations uniformly or with the oracle (same start), and the oracle
+    # trained twice as long from its own weights.
+    "SSB-R50 uniform tiny continued": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
+    "SSB-R50 oracle sampling from uniform": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
+    "SSB-R50 oracle sampling tiny from uniform": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
+    "SSB-R50 oracle sampling continued": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
+    "SSB-R50 oracle sampling tiny continued": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -133,6 +141,11 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R50 uniform, oracle sampling at test": "SSB-R50 uniform",
     "SSB-R50 oracle sampling tiny, uniform at test": "SSB-R50 oracle sampling tiny",
     "SSB-R50 uniform tiny, oracle sampling at test": "SSB-R50 uniform tiny",
+    "SSB-R50 uniform tiny continued": "SSB-R50 uniform tiny",
+    "SSB-R50 oracle sampling from uniform": "SSB-R50 uniform",
+    "SSB-R50 oracle sampling tiny from uniform": "SSB-R50 uniform tiny",
+    "SSB-R50 oracle sampling continued": "SSB-R50 oracle sampling",
+    "SSB-R50 oracle sampling tiny continued": "SSB-R50 oracle sampling tiny",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
@@ -222,7 +235,13 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 oracle sampling tiny, uniform at test", "SSB-R50 uniform tiny"),
          ("SSB-R50 uniform, oracle sampling at test", "SSB-R50 uniform"),
          ("SSB-R50 oracle sampling tiny", "SSB-R50 oracle sampling tiny, uniform at test"),
-         ("SSB-R50 uniform tiny, oracle sampling at test", "SSB-R50 uniform tiny"))
+         ("SSB-R50 uniform tiny, oracle sampling at test", "SSB-R50 uniform tiny"),
+         ("SSB-R50 oracle sampling from uniform", "SSB-R50 uniform continued"),
+         ("SSB-R50 oracle sampling tiny from uniform", "SSB-R50 uniform tiny continued"),
+         ("SSB-R50 oracle sampling continued", "SSB-R50 uniform continued"),
+         ("SSB-R50 oracle sampling tiny continued", "SSB-R50 uniform tiny continued"),
+         ("SSB-R50 uniform continued", "SSB-R50 uniform"),
+         ("SSB-R50 uniform tiny continued", "SSB-R50 uniform tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

@@ -98,6 +98,12 @@ DEFINING_KEYS = {
     "SSB-R50 oracle sampling tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 uniform, oracle sampling at test": _ORACLE,
     "SSB-R50 uniform tiny, oracle sampling at test": _ORACLE,
+    # Longer schedules: the same configs, the weights come from a finished run (INIT_FROM).
+    "SSB-R50 uniform tiny continued": {"MODEL.SSB.UNIFORM": True},
+    "SSB-R50 oracle sampling from uniform": _ORACLE,
+    "SSB-R50 oracle sampling tiny from uniform": _ORACLE,
+    "SSB-R50 oracle sampling continued": _ORACLE,
+    "SSB-R50 oracle sampling tiny continued": _ORACLE,
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
