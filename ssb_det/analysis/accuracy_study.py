@@ -119,6 +119,15 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 oracle sampling tiny from uniform": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
     "SSB-R50 oracle sampling continued": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
     "SSB-R50 oracle sampling tiny continued": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
+    # Where to sample (MODEL.SSB.RATIOS per stage): uniform SSB-R50 with res2 at full
+    # resolution (more detail, more MACs) or with res5 at half resolution too (more context,
+    # fewer MACs), on both tasks.
+    "SSB-R50 uniform, res2 at full resolution":
+        "faster_rcnn_SSB_R_50_uniform_res2full_FPN_small.yaml",
+    "SSB-R50 uniform, res5 sampled": "faster_rcnn_SSB_R_50_uniform_res5half_FPN_small.yaml",
+    "SSB-R50 uniform, res2 at full resolution tiny":
+        "faster_rcnn_SSB_R_50_uniform_res2full_FPN_tiny.yaml",
+    "SSB-R50 uniform, res5 sampled tiny": "faster_rcnn_SSB_R_50_uniform_res5half_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -241,7 +250,11 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 oracle sampling continued", "SSB-R50 uniform continued"),
          ("SSB-R50 oracle sampling tiny continued", "SSB-R50 uniform tiny continued"),
          ("SSB-R50 uniform continued", "SSB-R50 uniform"),
-         ("SSB-R50 uniform tiny continued", "SSB-R50 uniform tiny"))
+         ("SSB-R50 uniform tiny continued", "SSB-R50 uniform tiny"),
+         ("SSB-R50 uniform, res2 at full resolution", "SSB-R50 uniform"),
+         ("SSB-R50 uniform, res5 sampled", "SSB-R50 uniform"),
+         ("SSB-R50 uniform, res2 at full resolution tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50 uniform, res5 sampled tiny", "SSB-R50 uniform tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

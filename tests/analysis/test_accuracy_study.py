@@ -104,6 +104,11 @@ DEFINING_KEYS = {
     "SSB-R50 oracle sampling tiny from uniform": _ORACLE,
     "SSB-R50 oracle sampling continued": _ORACLE,
     "SSB-R50 oracle sampling tiny continued": _ORACLE,
+    # Per-stage sampling ratios (res2..res5).
+    **{f"SSB-R50 uniform, {what}{task}": {"MODEL.SSB.UNIFORM": True, "MODEL.SSB.RATIOS": ratios}
+       for what, ratios in (("res2 at full resolution", [1.0, 0.5, 0.5, 1.0]),
+                            ("res5 sampled", [0.5, 0.5, 0.5, 0.5]))
+       for task in ("", " tiny")},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
