@@ -112,13 +112,10 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 oracle sampling tiny, uniform at test": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 uniform tiny, oracle sampling at test": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
     # Does the oracle's loss survive a longer schedule? Uniform SSB-R50's trained weights
-    # trained 500 more iterations uniformly or with the oracle (same start), and the oracle
-    # trained twice as long from its own weights.
+    # trained 500 more iterations, uniformly or with the oracle (the same start).
     "SSB-R50 uniform tiny continued": "faster_rcnn_SSB_R_50_uniform_FPN_tiny.yaml",
     "SSB-R50 oracle sampling from uniform": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
     "SSB-R50 oracle sampling tiny from uniform": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
-    "SSB-R50 oracle sampling continued": "faster_rcnn_SSB_R_50_oracle_FPN_small.yaml",
-    "SSB-R50 oracle sampling tiny continued": "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml",
     # Where to sample (MODEL.SSB.RATIOS per stage): uniform SSB-R50 with res2 at full
     # resolution (more detail, more MACs) or with res5 at half resolution too (more context,
     # fewer MACs), on both tasks.
@@ -153,8 +150,6 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R50 uniform tiny continued": "SSB-R50 uniform tiny",
     "SSB-R50 oracle sampling from uniform": "SSB-R50 uniform",
     "SSB-R50 oracle sampling tiny from uniform": "SSB-R50 uniform tiny",
-    "SSB-R50 oracle sampling continued": "SSB-R50 oracle sampling",
-    "SSB-R50 oracle sampling tiny continued": "SSB-R50 oracle sampling tiny",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
@@ -247,8 +242,6 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 uniform tiny, oracle sampling at test", "SSB-R50 uniform tiny"),
          ("SSB-R50 oracle sampling from uniform", "SSB-R50 uniform continued"),
          ("SSB-R50 oracle sampling tiny from uniform", "SSB-R50 uniform tiny continued"),
-         ("SSB-R50 oracle sampling continued", "SSB-R50 uniform continued"),
-         ("SSB-R50 oracle sampling tiny continued", "SSB-R50 uniform tiny continued"),
          ("SSB-R50 uniform continued", "SSB-R50 uniform"),
          ("SSB-R50 uniform tiny continued", "SSB-R50 uniform tiny"),
          ("SSB-R50 uniform, res2 at full resolution", "SSB-R50 uniform"),

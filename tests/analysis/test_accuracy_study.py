@@ -102,8 +102,6 @@ DEFINING_KEYS = {
     "SSB-R50 uniform tiny continued": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 oracle sampling from uniform": _ORACLE,
     "SSB-R50 oracle sampling tiny from uniform": _ORACLE,
-    "SSB-R50 oracle sampling continued": _ORACLE,
-    "SSB-R50 oracle sampling tiny continued": _ORACLE,
     # Per-stage sampling ratios (res2..res5).
     **{f"SSB-R50 uniform, {what}{task}": {"MODEL.SSB.UNIFORM": True, "MODEL.SSB.RATIOS": ratios}
        for what, ratios in (("res2 at full resolution", [1.0, 0.5, 0.5, 1.0]),
