@@ -125,6 +125,8 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 uniform, res2 at full resolution tiny":
         "faster_rcnn_SSB_R_50_uniform_res2full_FPN_tiny.yaml",
     "SSB-R50 uniform, res5 sampled tiny": "faster_rcnn_SSB_R_50_uniform_res5half_FPN_tiny.yaml",
+    # ... and adaptive sampling with res2 at full resolution (res3 and res4 sampled).
+    "SSB-R50, res2 at full resolution tiny": "faster_rcnn_SSB_R_50_res2full_FPN_tiny.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -247,7 +249,10 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 uniform, res2 at full resolution", "SSB-R50 uniform"),
          ("SSB-R50 uniform, res5 sampled", "SSB-R50 uniform"),
          ("SSB-R50 uniform, res2 at full resolution tiny", "SSB-R50 uniform tiny"),
-         ("SSB-R50 uniform, res5 sampled tiny", "SSB-R50 uniform tiny"))
+         ("SSB-R50 uniform, res5 sampled tiny", "SSB-R50 uniform tiny"),
+         ("SSB-R50, res2 at full resolution tiny", "SSB-R50 uniform, res2 at full resolution tiny"),
+         ("SSB-R50, res2 at full resolution tiny", "R50 tiny"),
+         ("SSB-R50 uniform, res2 at full resolution tiny", "R50 tiny"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

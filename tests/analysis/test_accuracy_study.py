@@ -107,6 +107,7 @@ DEFINING_KEYS = {
        for what, ratios in (("res2 at full resolution", [1.0, 0.5, 0.5, 1.0]),
                             ("res5 sampled", [0.5, 0.5, 0.5, 0.5]))
        for task in ("", " tiny")},
+    "SSB-R50, res2 at full resolution tiny": {"MODEL.SSB.RATIOS": [1.0, 0.5, 0.5, 1.0]},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
