@@ -57,8 +57,9 @@ def test_layout_is_complete():
             for sched in ("1x", "3x"):
                 expected.add(f"{folder}/{arch}_SSB_{backbone}_FPN_{sched}.yaml")
                 expected.add(f"{folder}/{arch}_{backbone}_FPN_{sched}.yaml")
+        expected.add(f"{folder}/{arch}_SSB_R_50_FPN_1x_res2full.yaml")
     assert expected <= set(DETECTION_CONFIGS), sorted(expected - set(DETECTION_CONFIGS))
-    assert len(DETECTION_CONFIGS) == 28
+    assert len(DETECTION_CONFIGS) == 30
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,10 +92,11 @@ def test_config_builds_and_runs_one_forward(name):
     assert inst.has("pred_masks") == cfg.MODEL.MASK_ON
     if cfg.MODEL.MASK_ON:
         assert inst.pred_masks.shape[1:] == (48, 64)
-    # Stride-1 blocks of res2-res4 (ratio 0.5) are SSB blocks in SSB configs, none in twins:
-    # all of res2 (its first block has stride 1), all but the strided first of res3 and res4.
-    per_depth = {50: 3 + 3 + 5, 101: 3 + 3 + 22}[cfg.MODEL.RESNETS.DEPTH]
-    assert n_ssb == (per_depth if cfg.MODEL.SSB.ENABLED else 0)
+    # Stride-1 blocks of sampled stages (ratio < 1) are SSB blocks in SSB configs, none in
+    # twins: all of res2 (its first block has stride 1), all but the strided first of res3-res5.
+    stride1 = {50: (3, 3, 5, 2), 101: (3, 3, 22, 2)}[cfg.MODEL.RESNETS.DEPTH]
+    expected = sum(n for n, r in zip(stride1, cfg.MODEL.SSB.RATIOS) if r < 1.0)
+    assert n_ssb == (expected if cfg.MODEL.SSB.ENABLED else 0)
     assert stem == ("RSStem" if cfg.MODEL.SSB.HOST == "resnet-rs" else "BasicStem")
 
 
@@ -106,6 +108,13 @@ def test_baseline_twin_differs_only_in_ssb_enabled(name):
     if name.startswith("quickstart/"):  # each quickstart run has its own output folder
         assert differences.pop("OUTPUT_DIR")[1].endswith("faster_rcnn_R_50_FPN_shapes")
     assert differences == {"MODEL.SSB.ENABLED": (True, False)}
+
+
+@pytest.mark.parametrize("name", [c for c in BUILDABLE if c.endswith("_res2full.yaml")])
+def test_res2full_differs_from_its_default_only_in_res2s_ratio(name):
+    default = name.replace("_1x_res2full.yaml", "_1x.yaml")
+    assert diff(load_cfg(default), load_cfg(name)) == {
+        "MODEL.SSB.RATIOS": ([0.5, 0.5, 0.5, 1.0], [1.0, 0.5, 0.5, 1.0])}
 
 
 @pytest.mark.parametrize("name", [c for c in BUILDABLE if c.endswith("_3x.yaml")])
