@@ -83,6 +83,10 @@ def add_pretrain_config(cfg):
     _C.CLS.DATA.EMBEDDED_CONTEXT = 0.15
     # Objects of the embedded set smaller than this (box side, pixels) are not cropped.
     _C.CLS.DATA.EMBEDDED_MIN_SIZE = 8
+    # What one sample of the embedded set is: "box", each object cropped at its box (plus
+    # EMBEDDED_CONTEXT); "image", each whole image, labelled by its one object (splits with
+    # one object per image, e.g. "single_train": the classifier must find the object).
+    _C.CLS.DATA.EMBEDDED_CROP = "box"
     # Images per process in evaluation.
     _C.CLS.DATA.EVAL_BATCH_SIZE = 32
 

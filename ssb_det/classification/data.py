@@ -109,29 +109,38 @@ def _crop_box(box, context: float, width: int, height: int):
 
 
 def build_embedded_split(split: str, root: Optional[str] = None, *, context: float = 0.15,
-                         min_size: float = 8, shapes_root: Optional[str] = None) -> str:
+                         min_size: float = 8, crop: str = "box",
+                         shapes_root: Optional[str] = None) -> str:
     """Crop one split of the shapes detection dataset into an ImageFolder (once).
 
     Args:
         split (str): a split of :data:`ssb_det.data.shapes.SPLITS` (``train``, ``val``,
-            ``mini_train``, ``mini_val``).
+            ``mini_train``, ``mini_val``, ``single_train``, ...).
         root (str or None): where crops are written; None: :func:`default_embedded_root`.
         context (float): box margin on every side, as a fraction of the box side.
         min_size (float): objects whose box is smaller (either side, pixels) are skipped.
+        crop (str): ``"box"``: one sample per object, cropped at its box plus ``context``;
+            ``"image"``: one sample per image, the whole image, labelled by its only object
+            (a split with more than one object in an image is refused).
         shapes_root (str or None): cache directory of the shapes dataset (None: its default).
 
     Returns:
-        str: ``<root>/<split>``, an ImageFolder with one folder per shape category.
+        str: ``<root>/<split>`` (``<root>/<split>_image`` for ``crop="image"``), an
+        ImageFolder with one folder per shape category.
     """
+    if crop not in ("box", "image"):
+        raise ValueError(f"CLS.DATA.EMBEDDED_CROP={crop!r}: must be 'box' or 'image'")
     from ..data.shapes import file_lock, get_shapes_split
 
     image_dir, json_path = get_shapes_split(split, shapes_root)
     root = os.path.abspath(root or default_embedded_root())
-    out_dir = os.path.join(root, split)
+    name = split if crop == "box" else f"{split}_image"
+    out_dir = os.path.join(root, name)
     with open(json_path, "rb") as f:
         source_digest = hashlib.sha256(f.read()).hexdigest()
     stamp = json.dumps({"version": EMBEDDED_CROP_VERSION, "source_sha256": source_digest,
-                        "context": context, "min_size": min_size}, sort_keys=True)
+                        "context": context, "min_size": min_size, "crop": crop},
+                       sort_keys=True)
     stamp_path = os.path.join(out_dir, ".complete")
 
     def up_to_date():
@@ -145,19 +154,28 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
         return out_dir
     os.makedirs(root, exist_ok=True)
     # DDP ranks and parallel test processes may build the same split at once.
-    with file_lock(os.path.join(root, f".{split}.lock")):
+    with file_lock(os.path.join(root, f".{name}.lock")):
         if up_to_date():
             return out_dir
         with open(json_path) as f:
             coco = json.load(f)
         categories = {c["id"]: c["name"] for c in coco["categories"]}
         images = {im["id"]: im for im in coco["images"]}
-        by_image = {}
+        by_image, count_per_image = {}, {}
         for ann in coco["annotations"]:
+            count_per_image[ann["image_id"]] = count_per_image.get(ann["image_id"], 0) + 1
             if ann.get("iscrowd", 0) or min(ann["bbox"][2:]) < min_size:
                 continue
             by_image.setdefault(ann["image_id"], []).append(ann)
-        tmp = tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=root)
+        if crop == "image":
+            several = sorted(i for i, n in count_per_image.items() if n > 1)
+            if several:
+                raise ValueError(
+                    f"EMBEDDED_CROP 'image' labels a whole image by its one object, but split "
+                    f"'{split}' has {len(several)} images with several objects (e.g. image ids "
+                    f"{several[:5]}); use a split with one object per image (e.g. "
+                    "'single_train') or EMBEDDED_CROP 'box'")
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
         try:
             for name in categories.values():
                 os.makedirs(os.path.join(tmp, name))
@@ -167,7 +185,8 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
                 with Image.open(os.path.join(image_dir, meta["file_name"])) as im:
                     im = im.convert("RGB")
                     for ann in anns:
-                        box = _crop_box(ann["bbox"], context, im.width, im.height)
+                        box = ((0, 0, im.width, im.height) if crop == "image" else
+                               _crop_box(ann["bbox"], context, im.width, im.height))
                         im.crop(box).save(os.path.join(
                             tmp, categories[ann["category_id"]],
                             f"{image_id:06d}_{ann['id']:06d}.png"))
@@ -177,7 +196,7 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
             if os.path.exists(out_dir):
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)
-            logger.info(f"embedded classification set '{split}': {count} crops in {out_dir}")
+            logger.info(f"embedded classification set '{name}': {count} samples in {out_dir}")
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
@@ -255,7 +274,7 @@ def build_datasets(cfg, *, train: bool = True):
         val_dir = os.path.join(d.ROOT, d.VAL_SPLIT)
     else:
         kwargs = dict(root=d.EMBEDDED_ROOT or None, context=d.EMBEDDED_CONTEXT,
-                      min_size=d.EMBEDDED_MIN_SIZE)
+                      min_size=d.EMBEDDED_MIN_SIZE, crop=d.EMBEDDED_CROP)
         train_dir = build_embedded_split(d.TRAIN_SPLIT, **kwargs)
         val_dir = build_embedded_split(d.VAL_SPLIT, **kwargs)
     if not os.path.isdir(train_dir):

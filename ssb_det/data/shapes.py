@@ -108,6 +108,11 @@ _SMALL = dict(width=320, height=256, min_objects=2, max_objects=8, min_size=12.0
 # uniform downsampling leaves an object a few pixels in the sampled maps.
 _TINY = dict(width=320, height=256, min_objects=1, max_objects=3, min_size=8.0,
              max_size=24.0, clutter=3)
+# "single_*": the classification study's canvases (docs/accuracy.md): one 10-28 px object
+# anywhere on a 128x128 cluttered canvas, labelled by its category, so a classifier must find
+# it first; the clutter per pixel is about that of the study's 320x256 canvases.
+_SINGLE = dict(width=128, height=128, min_objects=1, max_objects=1, min_size=10.0,
+               max_size=28.0, clutter=1)
 SPLITS: Dict[str, ShapesSplitSpec] = {
     "train": ShapesSplitSpec(seed=20220711, num_images=600),
     "val": ShapesSplitSpec(seed=20220712, num_images=100),
@@ -118,6 +123,8 @@ SPLITS: Dict[str, ShapesSplitSpec] = {
     "small_quick": ShapesSplitSpec(seed=20221125, num_images=8, **_SMALL),
     "tiny_train": ShapesSplitSpec(seed=20261130, num_images=1000, **_TINY),
     "tiny_val": ShapesSplitSpec(seed=20261131, num_images=200, **_TINY),
+    "single_train": ShapesSplitSpec(seed=20261202, num_images=4000, **_SINGLE),
+    "single_val": ShapesSplitSpec(seed=20261203, num_images=800, **_SINGLE),
 }
 # The tests' splits: in SPLITS, so get_shapes_split and the pretraining tools make them, but
 # not put in Detectron2's catalogs by ``import ssb_det``; the tests register them
