@@ -1,4 +1,5 @@
 """Classification pretraining (ssb_det.classification, tools/pretrain_cls.py)."""
+import dataclasses
 import glob
 import json
 import math
@@ -185,6 +186,41 @@ def test_embedded_set_crops_every_object(tmp_path):
     stamp = os.path.getmtime(os.path.join(out, ".complete"))
     assert build_embedded_split("mini_val", str(tmp_path), context=0.1, min_size=8) == out
     assert os.path.getmtime(os.path.join(out, ".complete")) == stamp  # not rebuilt
+
+
+def test_embedded_set_of_whole_images_labels_each_by_its_object(tmp_path, monkeypatch):
+    from ssb_det.data import shapes
+
+    # A few images of the single_* splits' kind (one object per canvas), in a private cache.
+    spec = dataclasses.replace(shapes.SPLITS["single_val"], num_images=6)
+    monkeypatch.setitem(shapes.SPLITS, "single_mini", spec)
+    shapes_root = str(tmp_path / "shapes")
+    out = build_embedded_split("single_mini", str(tmp_path / "cls"), min_size=0, crop="image",
+                               shapes_root=shapes_root)
+    assert os.path.basename(out) == "single_mini_image"
+    files = sorted(glob.glob(os.path.join(out, "*", "*.png")))
+    assert len(files) == spec.num_images
+    for i in range(spec.num_images):  # independently: the drawn canvas and its one object
+        bgr, objects = shapes.render_image(spec, i)
+        assert len(objects) == 1
+        name = shapes.CATEGORIES[objects[0]["category_id"] - 1]
+        (path,) = [f for f in files if os.path.basename(f).startswith(f"{i + 1:06d}_")]
+        assert os.path.basename(os.path.dirname(path)) == name
+        with Image.open(path) as im:
+            np.testing.assert_array_equal(np.asarray(im.convert("RGB")), bgr[..., ::-1])
+    # Box crops of the same split go to their own folder; the image set is not rebuilt.
+    stamp = os.path.getmtime(os.path.join(out, ".complete"))
+    boxes = build_embedded_split("single_mini", str(tmp_path / "cls"), min_size=0,
+                                 shapes_root=shapes_root)
+    assert boxes != out and os.path.getmtime(os.path.join(out, ".complete")) == stamp
+
+
+def test_embedded_whole_images_need_one_object_per_image(tmp_path):
+    with pytest.raises(ValueError, match="several objects"):  # mini_val: 2-6 objects each
+        build_embedded_split("mini_val", str(tmp_path), crop="image")
+    assert not os.path.exists(os.path.join(tmp_path, "mini_val_image"))
+    with pytest.raises(ValueError, match="EMBEDDED_CROP='whole'"):
+        build_embedded_split("mini_val", str(tmp_path), crop="whole")
 
 
 def _image_folder(root, spec, seed=0, solid=False):
