@@ -127,6 +127,11 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50 uniform, res5 sampled tiny": "faster_rcnn_SSB_R_50_uniform_res5half_FPN_tiny.yaml",
     # ... and adaptive sampling with res2 at full resolution (res3 and res4 sampled).
     "SSB-R50, res2 at full resolution tiny": "faster_rcnn_SSB_R_50_res2full_FPN_tiny.yaml",
+    # The pretrained path with res2 at full resolution (the shipped *_1x_res2full configs):
+    # started from the R50 run's weights, adaptive and uniform.
+    "SSB-R50, res2 at full resolution from R50": "faster_rcnn_SSB_R_50_res2full_FPN_small.yaml",
+    "SSB-R50 uniform, res2 at full resolution from R50":
+        "faster_rcnn_SSB_R_50_uniform_res2full_FPN_small.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -152,6 +157,8 @@ INIT_FROM: Dict[str, str] = {
     "SSB-R50 uniform tiny continued": "SSB-R50 uniform tiny",
     "SSB-R50 oracle sampling from uniform": "SSB-R50 uniform",
     "SSB-R50 oracle sampling tiny from uniform": "SSB-R50 uniform tiny",
+    "SSB-R50, res2 at full resolution from R50": "R50",
+    "SSB-R50 uniform, res2 at full resolution from R50": "R50",
 }
 # Variants that only evaluate their source's final weights (INIT_FROM) under their config.
 EVAL_ONLY = ("SSB-R50, uniform at test", "SSB-R50 tiny, uniform at test",
@@ -252,7 +259,12 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
          ("SSB-R50 uniform, res5 sampled tiny", "SSB-R50 uniform tiny"),
          ("SSB-R50, res2 at full resolution tiny", "SSB-R50 uniform, res2 at full resolution tiny"),
          ("SSB-R50, res2 at full resolution tiny", "R50 tiny"),
-         ("SSB-R50 uniform, res2 at full resolution tiny", "R50 tiny"))
+         ("SSB-R50 uniform, res2 at full resolution tiny", "R50 tiny"),
+         ("SSB-R50, res2 at full resolution from R50",
+          "SSB-R50 uniform, res2 at full resolution from R50"),
+         ("SSB-R50, res2 at full resolution from R50", "R50 continued"),
+         ("SSB-R50 uniform, res2 at full resolution from R50", "R50 continued"),
+         ("SSB-R50, res2 at full resolution from R50", "SSB-R50 from R50"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

@@ -108,6 +108,9 @@ DEFINING_KEYS = {
                             ("res5 sampled", [0.5, 0.5, 0.5, 0.5]))
        for task in ("", " tiny")},
     "SSB-R50, res2 at full resolution tiny": {"MODEL.SSB.RATIOS": [1.0, 0.5, 0.5, 1.0]},
+    "SSB-R50, res2 at full resolution from R50": {"MODEL.SSB.RATIOS": [1.0, 0.5, 0.5, 1.0]},
+    "SSB-R50 uniform, res2 at full resolution from R50": {"MODEL.SSB.UNIFORM": True,
+                                                          "MODEL.SSB.RATIOS": [1.0, 0.5, 0.5, 1.0]},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
