@@ -134,8 +134,8 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
 
     image_dir, json_path = get_shapes_split(split, shapes_root)
     root = os.path.abspath(root or default_embedded_root())
-    name = split if crop == "box" else f"{split}_image"
-    out_dir = os.path.join(root, name)
+    folder = split if crop == "box" else f"{split}_image"
+    out_dir = os.path.join(root, folder)
     with open(json_path, "rb") as f:
         source_digest = hashlib.sha256(f.read()).hexdigest()
     stamp = json.dumps({"version": EMBEDDED_CROP_VERSION, "source_sha256": source_digest,
@@ -154,7 +154,7 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
         return out_dir
     os.makedirs(root, exist_ok=True)
     # DDP ranks and parallel test processes may build the same split at once.
-    with file_lock(os.path.join(root, f".{name}.lock")):
+    with file_lock(os.path.join(root, f".{folder}.lock")):
         if up_to_date():
             return out_dir
         with open(json_path) as f:
@@ -175,7 +175,7 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
                     f"'{split}' has {len(several)} images with several objects (e.g. image ids "
                     f"{several[:5]}); use a split with one object per image (e.g. "
                     "'single_train') or EMBEDDED_CROP 'box'")
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
+        tmp = tempfile.mkdtemp(prefix=f".{folder}.tmp-", dir=root)
         try:
             for name in categories.values():
                 os.makedirs(os.path.join(tmp, name))
@@ -196,7 +196,7 @@ def build_embedded_split(split: str, root: Optional[str] = None, *, context: flo
             if os.path.exists(out_dir):
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)
-            logger.info(f"embedded classification set '{name}': {count} samples in {out_dir}")
+            logger.info(f"embedded classification set '{folder}': {count} samples in {out_dir}")
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
