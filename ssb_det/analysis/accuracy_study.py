@@ -27,7 +27,7 @@ from .models import build_detector, load_cfg, random_image
 from .report import part_macs
 
 __all__ = ["VARIANTS", "INIT_FROM", "EVAL_ONLY", "PAIRS", "Run", "plan_runs", "run_all", "collect",
-           "paired_difference", "summarize", "format_markdown", "format_csv", "write_plot", "main"]
+           "sampling_stats", "paired_difference", "summarize", "format_markdown", "format_csv", "write_plot", "main"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "study")
@@ -386,14 +386,20 @@ def _read_metrics(run: Run) -> Dict[str, float]:
 
 
 def _sampling_stats(run: Run) -> Dict[str, float]:
-    """Mean over SSB blocks of the last logged ``ssb/<block>/density_ratio`` and ``kl``."""
     path = os.path.join(run.output_dir, "metrics.json")
-    last = {}
+    records = []
     if os.path.isfile(path):
         with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                last.update({k: v for k, v in record.items() if k.startswith("ssb/")})
+            records = [json.loads(line) for line in f]
+    return sampling_stats(records)
+
+
+def sampling_stats(records: Sequence[dict]) -> Dict[str, float]:
+    """Mean over SSB blocks of the last logged ``ssb/<block>/density_ratio`` and ``kl`` in
+    a run's ``metrics.json`` records (detection or classification)."""
+    last = {}
+    for record in records:
+        last.update({k: v for k, v in record.items() if k.startswith("ssb/")})
     out = {}
     for stat in ("density_ratio", "kl"):
         values = [v for k, v in last.items() if k.endswith("/" + stat)]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from .accuracy_study import paired_difference
+from .accuracy_study import paired_difference, sampling_stats
 
 __all__ = ["VARIANTS", "PAIRS", "plan_runs", "run_result", "run_all", "report", "main"]
 
@@ -50,13 +50,7 @@ def run_result(output_dir, iters):
     out = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")}
     speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
     out["images_per_s"] = statistics.fmean(speeds) if speeds else float("nan")
-    sampling = {}
-    for r in records:  # the last value of each ssb/<block>/<stat>
-        sampling.update({k: v for k, v in r.items() if k.startswith("ssb/")})
-    for stat in ("density_ratio", "kl"):
-        values = [v for k, v in sampling.items() if k.endswith("/" + stat)]
-        if values:
-            out[stat] = statistics.fmean(values)
+    out.update(sampling_stats(records))
     return out
 
 
