@@ -14,9 +14,7 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -24,6 +22,7 @@ import torch
 
 from .benchmark import time_interleaved
 from .models import build_detector, load_cfg, random_image
+from .processes import Job, run_jobs
 from .report import part_macs
 
 __all__ = ["VARIANTS", "INIT_FROM", "EVAL_ONLY", "PAIRS", "Run", "plan_runs", "run_all", "collect",
@@ -340,40 +339,11 @@ def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
     todo = [r for r in runs if not r.done]
     log(f"study: {len(runs) - len(todo)} of {len(runs)} runs done, {len(todo)} to run")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    running, failed, finished = [], [], len(runs) - len(todo)
-    while todo or running:
-        while len(running) < jobs and any(r.ready for r in todo):
-            run = next(r for r in todo if r.ready)
-            todo.remove(run)
-            os.makedirs(run.output_dir, exist_ok=True)
-            out = open(os.path.join(run.output_dir, "study_stdout.log"), "a")
-            proc = subprocess.Popen(_command(run, opts), stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, cwd=REPO)
-            running.append((run, proc, out, time.time()))
-            log(f"study: started {run.variant} seed {run.seed} -> {run.output_dir}")
-        time.sleep(2)
-        for item in list(running):
-            run, proc, out, start = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            out.close()
-            minutes = (time.time() - start) / 60
-            if proc.returncode != 0 or not run.done:
-                failed.append(run)
-                log(f"study: FAILED {run.variant} seed {run.seed} (exit {proc.returncode}); "
-                    f"see {run.output_dir}/study_stdout.log")
-                continue
-            finished += 1
-            ap = _read_metrics(run)["AP"]
-            log(f"study: [{finished}/{len(runs)}] {run.variant} seed {run.seed}: "
-                f"box AP {ap:.2f} in {minutes:.1f} min")
-        if todo and not running and not any(r.ready for r in todo):
-            failed += todo  # their source runs failed
-            todo = []
-    if failed:
-        raise RuntimeError("study runs failed: " + ", ".join(
-            f"{r.variant} seed {r.seed} ({r.output_dir})" for r in failed))
+    run_jobs([Job(f"{r.variant} seed {r.seed}", _command(r, opts),
+                  os.path.join(r.output_dir, "study_stdout.log"),
+                  succeeded=lambda r=r: r.done, ready=lambda r=r: r.ready,
+                  summary=lambda r=r: f"box AP {_read_metrics(r)['AP']:.2f}")
+              for r in todo], parallel=jobs, env=env, cwd=REPO, log=log, name="study")
 
 
 def _read_metrics(run: Run) -> Dict[str, float]:

@@ -10,11 +10,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 
 from .accuracy_study import paired_difference, sampling_stats
+from .processes import Job, run_jobs
 
 __all__ = ["VARIANTS", "PAIRS", "plan_runs", "run_result", "run_all", "report", "main"]
 
@@ -58,6 +57,13 @@ def _run_dir(output, folder, seed):
     return os.path.join(output, folder, f"seed{seed}")
 
 
+def _command(args, seed, overrides, out):
+    return [sys.executable, os.path.join(REPO, "tools", "pretrain_cls.py"), "--resume",
+            "--config-file", args.config_file, "SOLVER.MAX_ITER", str(args.iters),
+            "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period), "SEED", str(seed),
+            "OUTPUT_DIR", out, *args.opts, *overrides]
+
+
 def run_all(args, runs):
     """Train every unfinished run, ``args.jobs`` processes at a time."""
     env = dict(os.environ)
@@ -66,37 +72,12 @@ def run_all(args, runs):
     todo = [r for r in runs if run_result(r[3], args.iters) is None]
     print(f"pretrain_compare: {len(runs) - len(todo)} of {len(runs)} runs done, "
           f"{len(todo)} to run", flush=True)
-    running, failed = [], []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            name, seed, overrides, out = todo.pop(0)
-            os.makedirs(out, exist_ok=True)
-            cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_cls.py"), "--resume",
-                   "--config-file", args.config_file, "SOLVER.MAX_ITER", str(args.iters),
-                   "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period), "SEED", str(seed),
-                   "OUTPUT_DIR", out, *args.opts, *overrides]
-            log = open(os.path.join(out, "stdout.log"), "a")
-            running.append((name, seed, out, subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log,
-                time.time()))
-            print(f"pretrain_compare: started {name} seed {seed} -> {out}", flush=True)
-        time.sleep(2)
-        for item in list(running):
-            name, seed, out, proc, log, start = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            log.close()
-            result = run_result(out, args.iters)
-            if proc.returncode != 0 or result is None:
-                failed.append(f"{name} seed {seed} ({out}/stdout.log)")
-                print(f"pretrain_compare: FAILED {name} seed {seed} (exit {proc.returncode})",
-                      flush=True)
-                continue
-            print(f"pretrain_compare: {name} seed {seed}: top-1 {result['top1']:.1f} in "
-                  f"{(time.time() - start) / 60:.1f} min", flush=True)
-    if failed:
-        raise RuntimeError("runs failed: " + ", ".join(failed))
+    run_jobs([Job(f"{name} seed {seed}", _command(args, seed, overrides, out),
+                  os.path.join(out, "stdout.log"),
+                  succeeded=lambda out=out: run_result(out, args.iters) is not None,
+                  summary=lambda out=out: f"top-1 {run_result(out, args.iters)['top1']:.1f}")
+              for name, seed, overrides, out in todo], parallel=args.jobs, env=env, cwd=REPO,
+             log=lambda line: print(line, flush=True), name="pretrain_compare")
 
 
 def _fmt(values, digits=1):
