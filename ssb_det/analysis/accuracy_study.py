@@ -338,6 +338,9 @@ def run_all(runs: Sequence[Run], *, opts: Sequence[str] = (), jobs: int = 2,
     """
     todo = [r for r in runs if not r.done]
     log(f"study: {len(runs) - len(todo)} of {len(runs)} runs done, {len(todo)} to run")
+    # Runs started from another run's weights wait for it: queueing every run that needs no
+    # other first keeps all processes busy (a later seed's source is not left for last).
+    todo.sort(key=lambda r: r.init_weights is not None)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     run_jobs([Job(f"{r.variant} seed {r.seed}", _command(r, opts),
                   os.path.join(r.output_dir, "study_stdout.log"),

@@ -7,6 +7,7 @@ import sys
 import pytest
 from detectron2.config import get_cfg
 
+from ssb_det.analysis import accuracy_study
 from ssb_det.analysis.accuracy_study import (
     CONFIG_DIR,
     EVAL_ONLY,
@@ -208,6 +209,18 @@ def test_pretrained_variants_start_from_their_sources_run_of_the_same_seed(tmp_p
     os.makedirs(source.output_dir)
     open(fine_tune.init_weights, "w").close()
     assert fine_tune.ready
+
+
+def test_every_source_run_is_queued_before_the_runs_waiting_for_one(tmp_path, monkeypatch):
+    queued = []
+    monkeypatch.setattr(accuracy_study, "run_jobs",
+                        lambda jobs, **kw: queued.extend(j.label for j in jobs))
+    runs = plan_runs(["SSB-R50 from R50", "SSB-R50"], [1, 2], str(tmp_path))
+    os.makedirs(os.path.dirname(runs[0].results_file))
+    open(runs[0].results_file, "w").close()  # R50 seed 1 is done
+    accuracy_study.run_all(runs, log=lambda _: None)
+    assert queued == ["SSB-R50 seed 1", "R50 seed 2", "SSB-R50 seed 2",
+                      "SSB-R50 from R50 seed 1", "SSB-R50 from R50 seed 2"]
 
 
 def test_eval_only_variants_evaluate_their_sources_weights_without_training(tmp_path):
