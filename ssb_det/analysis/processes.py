@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 __all__ = ["Job", "run_jobs"]
 
