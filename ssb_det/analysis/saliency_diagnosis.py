@@ -86,8 +86,9 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
 
     Returns:
         dict: ``{block: {weight_norm, logit_std, density_ratio, kl, zoom_at_boxes,
-        grad_ratio}}`` where ``logit_std`` is the spread of the pooled saliency logits over
-        the grid cells (mean over images), ``zoom_at_boxes`` the 2-D sampling density at the
+        grad_ratio}}`` where ``logit_std`` is the spread of the pooled saliency logits
+        (``SaliencySampler.logits``, bounded if the sampler bounds them) over the grid cells
+        (mean over images), ``zoom_at_boxes`` the 2-D sampling density at the
         ground-truth box centres relative to uniform (geometric mean over the boxes; 1: the
         map does not favour them) and ``grad_ratio`` the per-weight RMS gradient of the
         saliency conv over that of the block's ``conv1``. The statistics of the sampling are
@@ -104,9 +105,8 @@ def block_diagnosis(model: torch.nn.Module, batch: List[dict]) -> Dict[str, dict
             logit_std = float("nan")
             if not module.uniform:
                 with torch.no_grad():
-                    logits = F.adaptive_avg_pool2d(module.saliency_conv(inputs[0]),
-                                                   (module.grid_size, module.grid_size))
-                logit_std = float(logits.flatten(1).std(dim=1).mean())
+                    logits = module.logits(*inputs)
+                logit_std = float(logits.std(dim=1).mean())
             kl, ratio = separable_statistics(grid.knots_y.detach(), grid.knots_x.detach())
             seen[name] = dict(logit_std=logit_std,
                               density_ratio=float(ratio.mean()), kl=float(kl.mean()),

@@ -83,6 +83,27 @@ class SaliencySampler(nn.Module):
         n, g = x.shape[0], self.grid_size
         if self.uniform:
             return to_grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
+        return torch.softmax(self._logits(x, valid_size), dim=1).view(n, g, g)
+
+    def logits(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(N, G * G)`` pooled saliency logits (bounded, if ``saliency_bound``) in grid
+        precision: :meth:`saliency` is their softmax. For analysis, where the softmax of
+        large logits would underflow.
+
+        Args:
+            x (Tensor): ``(N, C, H, W)`` features.
+            valid_size (Tensor or None): as :meth:`forward`.
+        """
+        if self.uniform:
+            raise ValueError("a uniform sampler (uniform=True) has no saliency logits")
+        valid = None
+        if valid_size is not None:
+            valid = self._valid_sizes(valid_size, x.shape[-2:], x.device)[0]
+        return self._logits(x, valid)
+
+    def _logits(self, x, valid_size):
+        """:meth:`logits` with ``valid_size`` checked by :meth:`_valid_sizes` (or None)."""
+        g = self.grid_size
         # A 1x1 conv without bias commutes with average pooling, so either can come first.
         # Half-precision features are pooled first and the conv runs on the G x G map in
         # float32 (half-precision logits overflow for large weights). Float32/64 features are
@@ -114,7 +135,7 @@ class SaliencySampler(nn.Module):
         logits = torch.nan_to_num(to_grid_dtype(logits).flatten(1))
         if self.saliency_bound > 0:
             logits = self.saliency_bound * torch.tanh(logits / self.saliency_bound)
-        return torch.softmax(logits, dim=1).view(n, g, g)
+        return logits
 
     def _valid_sizes(self, valid_size, in_size, device):
         """Checked ``(N, 2)`` valid sizes of the full map and of the sampled map (grid dtype)."""

@@ -193,10 +193,23 @@ def test_saliency_is_softmax_of_bounded_pooled_logits(bound):
     if bound:  # one cell outweighs another by at most exp(2B)
         assert (got.max(1) / got.min(1)).max() <= np.exp(2 * bound)
         assert (pooled.max(1) - pooled.min(1)).max() > 4 * bound  # the bound was active
+    np.testing.assert_allclose(sampler.logits(x).detach().numpy(), logits, rtol=1e-12, atol=1e-12)
+    # Over a padded map's top-left 9x6 region: the region's own 4x4 adaptive windows.
+    valid = torch.tensor([[9, 6], [12, 12]])
+    got = sampler.logits(x, valid).detach().numpy()
+    region = conv[0, :9, :6]
+    rows = [(k * 9 // 4, -(-(k + 1) * 9 // 4)) for k in range(4)]
+    cols = [(k * 6 // 4, -(-(k + 1) * 6 // 4)) for k in range(4)]
+    first = np.array([[region[r0:r1, c0:c1].mean() for c0, c1 in cols] for r0, r1 in rows])
+    first = bound * np.tanh(first / bound) if bound else first
+    np.testing.assert_allclose(got[0], first.reshape(16), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[1], logits[1], rtol=1e-12, atol=1e-12)
 
 
 def test_uniform_sampler_has_no_parameters():
     assert len(list(SaliencySampler(4, 0.5, uniform=True).parameters())) == 0
+    with pytest.raises(ValueError, match="uniform"):
+        SaliencySampler(4, 0.5, uniform=True).logits(torch.zeros(1, 4, 8, 8))
     assert sum(p.numel() for p in SaliencySampler(4, 0.5).parameters()) == 4
 
 
