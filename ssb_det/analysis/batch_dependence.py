@@ -55,10 +55,12 @@ def randomise_saliency(model, image: torch.Tensor, logit_std: float,
             w = s.saliency_conv.weight
             with torch.no_grad():
                 w.copy_(torch.randn(w.shape, generator=generator))
-        # Block by block: rescaling a block changes the inputs of the blocks after it.
+        # Block by block: rescaling a block changes the inputs of the blocks after it. The
+        # samplers are all in the backbone: the heads need not run.
+        batched = model.preprocess_image([{"image": image}]).tensor
         for s in learned:
             with torch.no_grad():
-                model([{"image": image}])
+                model.backbone(batched)
                 std = stds[s]
                 if std > 0 and math.isfinite(std):
                     s.saliency_conv.weight.mul_(logit_std / std)

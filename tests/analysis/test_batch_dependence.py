@@ -33,8 +33,8 @@ def test_random_saliency_has_the_requested_pooled_logit_std():
     stds = []
 
     def logit_std(sampler, args):
-        # Pool first, then the 1x1 conv as a channel sum: the calibration computes it the
-        # other way round, through the sampler's softmax.
+        # Pool first, then the 1x1 conv as a channel sum: the calibration reads
+        # SaliencySampler.logits, which convolves first and pools over the image's region.
         pooled = F.adaptive_avg_pool2d(args[0].double(), sampler.grid_size)
         weight = sampler.saliency_conv.weight.double()[0, :, 0, 0]
         stds.append(torch.einsum("nchw,c->nhw", pooled, weight).std().item())
@@ -64,11 +64,11 @@ def test_padding_unaware_sampling_moves_more_with_the_batch_mate():
 
 def test_a_batch_mate_of_the_same_size_changes_nothing():
     gen = torch.Generator().manual_seed(0)
-    # float64, so that a batched convolution's different summation order stays far below
-    # what the test checks.
     img_a, img_b = (bd.smooth_image(*SIZE_A, gen) for _ in range(2))
     model = _detector()
     bd.randomise_saliency(model, img_a, 3.0, torch.Generator().manual_seed(1))
+    # In float64, so that a batched convolution's different summation order stays far
+    # below what the test checks.
     change = bd.measure(model.double(), img_a.double(), img_b.double())
     assert set(change) == {"p2", "p3", "p4", "p5", "p6", "box head", "grid rate"}
     assert max(change.values()) < 1e-10
