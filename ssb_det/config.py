@@ -16,9 +16,16 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_ssb_config", "load_config", "HOSTS"]
+__all__ = ["add_ssb_config", "load_config", "HOSTS", "REMOVED_KEYS"]
 
 HOSTS = ("resnet", "resnet-rs")
+
+# key -> (what became of it, what to do), for the error that a config setting it gets.
+REMOVED_KEYS = {
+    "MODEL.SSB.SEPARABLE": (
+        "nothing (removed: the sampling map is always separable, with an exact inverse)",
+        "delete MODEL.SSB.SEPARABLE from your config"),
+}
 
 
 def add_ssb_config(cfg):
@@ -57,15 +64,12 @@ def add_ssb_config(cfg):
     # Standard deviation of the Gaussian kernel, in grid cells. *(choice; Recasens: FWHM of
     # 13 cells, i.e. sigma = 13 / 2.355 ~ 5.5)*
     _C.MODEL.SSB.KERNEL_SIGMA = 5.5
-    # Separable sampling map (row/column marginals; exact inverse). Must be True: the 2-D
-    # map was removed (its approximate inverse did not converge); False is refused.
-    _C.MODEL.SSB.SEPARABLE = True
     # Hold the saliency constant: uniform sampling, the paper's ablation baseline. The
     # saliency convs are then not created.
     _C.MODEL.SSB.UNIFORM = False
     # Bound B of the pooled saliency logits: l -> B tanh(l / B), so one grid cell outweighs
     # another by at most exp(2B) and a fast-learning saliency cannot collapse the map onto a
-    # few rows (docs/accuracy.md). 0: unbounded (the paper's softmax). *(choice)*
+    # few rows (projects/SSBStudy/docs/accuracy.md). 0: unbounded (the paper's softmax). *(choice)*
     _C.MODEL.SSB.SALIENCY_BOUND = 0.0
     # Where the inverse sampling sits: "after_conv3" (conv3 runs on the small map, the
     # inverse restores 4f channels) or "before_conv3" (the inverse restores the f-channel 3x3
@@ -86,22 +90,14 @@ def add_ssb_config(cfg):
     # padding Detectron2 adds after normalisation: an image is then sampled as it would be
     # alone, whatever its batch-mates. False: saliency and sampling map span the padded batch.
     _C.MODEL.SSB.PADDING_AWARE = True
-    # Box-supervised saliency, read by MODEL.META_ARCHITECTURE "SaliencySupervisedRCNN" only:
-    # the weight of its training loss pulling each SSB block's saliency toward one with a
-    # share BOX_SALIENCY_MASS on the ground-truth boxes, the rest uniform (docs/accuracy.md).
-    _C.MODEL.SSB.BOX_SALIENCY_WEIGHT = 1.0
-    # Share of that target saliency on the boxes, in [0, 1); the rest is uniform.
-    _C.MODEL.SSB.BOX_SALIENCY_MASS = 0.5
-    # True: that loss trains the saliency convs only, not the backbone features they read.
-    _C.MODEL.SSB.BOX_SALIENCY_DETACH = False
-    # Whose saliency that loss supervises: "sampler" (the one each block samples with) or
-    # "auxiliary" (a separate head on the same features of each block an SSB network samples,
-    # sampling nothing; also with UNIFORM True, and on the plain host with ENABLED False).
-    _C.MODEL.SSB.BOX_SALIENCY_HEAD = "sampler"
     # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
     # start at zero (uniform sampling) and the map moves only once the pooled logits
-    # spread by several units (docs/accuracy.md); a factor > 1 lets them get there sooner.
+    # spread by several units (projects/SSBStudy/docs/accuracy.md); a factor > 1 lets them get there sooner.
     _C.SOLVER.SALIENCY_LR_FACTOR = 1.0
+    # Keys that no longer exist: a config that sets one is refused with what to do (by every
+    # merge: merge_from_file, merge_from_list, load_config).
+    for key, (what, fix) in REMOVED_KEYS.items():
+        _C.register_renamed_key(key, (what, fix))
     return cfg
 
 

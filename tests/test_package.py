@@ -78,3 +78,22 @@ def test_all_lists_public_objects_not_submodules(name):
     assert sorted(set(names)) == sorted(names), "duplicates"
     assert [n for n in names if not hasattr(package, n)] == []
     assert [n for n in names if isinstance(getattr(package, n), types.ModuleType)] == []
+
+
+def test_import_registers_the_backbones_and_no_meta_architecture():
+    # The study's meta-architectures live in projects/SSBStudy, which registers them itself;
+    # the library adds backbones only. Fresh interpreters: this one may have run the study's
+    # tests.
+    code = textwrap.dedent("""
+        from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+        before = ({k for k, _ in META_ARCH_REGISTRY}, {k for k, _ in BACKBONE_REGISTRY})
+        import ssb_det
+        print(sorted({k for k, _ in META_ARCH_REGISTRY} - before[0]))
+        print(sorted({k for k, _ in BACKBONE_REGISTRY} - before[1]))
+    """)
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta, backbones = proc.stdout.strip().splitlines()[-2:]
+    assert meta == "[]"
+    assert backbones == str(sorted(["build_ssb_resnet_backbone", "build_ssb_resnet_fpn_backbone",
+                                    "build_ssb_retinanet_resnet_fpn_backbone"]))

@@ -36,7 +36,7 @@ SSB_BACKBONE_NAMES = (
 )
 
 
-def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()):
+def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), defaults=None):
     """A frozen CPU config: ``config_file`` (a project or Detectron2 YAML) or, when None,
     Detectron2's Faster R-CNN R50-FPN with the SSB-R50-FPN backbone; then ``opts``.
 
@@ -44,14 +44,16 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()):
         config_file (str or None): path of a YAML config; a model-zoo name such as
             ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"`` works too.
         opts (Sequence[str]): ``KEY VALUE`` overrides, as on Detectron2's command lines.
+        defaults (CfgNode or None): the defaults to merge into, for a project with keys of
+            its own (``MODEL.SSB`` present); None: :func:`~ssb_det.config.load_config`'s.
     """
     if config_file is None:
-        cfg = load_config(_zoo_file(BASE_DETECTOR_CONFIG))
+        cfg = load_config(_zoo_file(BASE_DETECTOR_CONFIG), cfg=defaults)
         cfg.MODEL.BACKBONE.NAME = "build_ssb_resnet_fpn_backbone"
         cfg = load_config(None, opts, cfg=cfg)
     else:
         path = config_file if os.path.isfile(config_file) else _zoo_file(config_file)
-        cfg = load_config(path, opts)
+        cfg = load_config(path, opts, cfg=defaults)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.freeze()

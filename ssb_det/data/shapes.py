@@ -108,7 +108,7 @@ _SMALL = dict(width=320, height=256, min_objects=2, max_objects=8, min_size=12.0
 # uniform downsampling leaves an object a few pixels in the sampled maps.
 _TINY = dict(width=320, height=256, min_objects=1, max_objects=3, min_size=8.0,
              max_size=24.0, clutter=3)
-# "single_*": the classification study's canvases (docs/accuracy.md): one 10-28 px object
+# "single_*": the classification study's canvases (projects/SSBStudy/docs/accuracy.md): one 10-28 px object
 # anywhere on a 128x128 cluttered canvas, labelled by its category, so a classifier must find
 # it first; the clutter per pixel is about that of the study's 320x256 canvases.
 _SINGLE = dict(width=128, height=128, min_objects=1, max_objects=1, min_size=10.0,
@@ -133,16 +133,12 @@ TEST_SPLITS = ("mini_train", "mini_val")
 
 
 def default_root() -> str:
-    """The cache directory: ``$SSB_DET_DATASETS/ssb_shapes`` if set, else ``datasets/ssb_shapes``
-    under the repository root (git-ignored), else ``~/.cache/ssb_det/ssb_shapes`` when the
-    package is installed outside a source checkout."""
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        return os.path.join(os.path.abspath(os.path.expanduser(env)), "ssb_shapes")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.isfile(os.path.join(repo, "setup.py")) and os.access(repo, os.W_OK):
-        return os.path.join(repo, "datasets", "ssb_shapes")
-    return os.path.join(os.path.expanduser("~"), ".cache", "ssb_det", "ssb_shapes")
+    """The cache directory, Detectron2's convention for its builtin datasets:
+    ``$SSB_DET_DATASETS/ssb_shapes`` if set, else ``$DETECTRON2_DATASETS/ssb_shapes``, whose
+    default is ``datasets/`` under the working directory (the repository root for the README's
+    commands; git-ignored there)."""
+    base = os.environ.get(ROOT_ENV) or os.environ.get("DETECTRON2_DATASETS", "datasets")
+    return os.path.join(os.path.abspath(os.path.expanduser(base)), "ssb_shapes")
 
 
 def _split_paths(split: str, root: Optional[str]) -> Tuple[str, str, str, str]:

@@ -15,7 +15,9 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
+from typing import Callable, Optional
 
+from detectron2.config import get_cfg
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -28,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SSBCheckpointer, atomic_write_text, load_checkpoint_file
 from ..compat import coco_evaluator
-from ..config import load_config
+from ..config import add_ssb_config, load_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
 from .optim import saliency_parameters, scale_learning_rate
@@ -176,18 +178,24 @@ def check_weights_conventions(cfg) -> None:
         )
 
 
-def setup(args):
+def setup(args, add_config: Optional[Callable] = None):
     """Build the frozen config of a run and set up logging, seeding and ``OUTPUT_DIR``.
 
     Args:
         args (argparse.Namespace): from ``detectron2.engine.default_argument_parser()``:
             ``config_file`` and ``opts`` (``KEY VALUE`` pairs) are merged in that order.
             Unknown keys raise Detectron2's ``KeyError``.
+        add_config (callable or None): adds a project's own keys to the defaults (as
+            ``add_tridentnet_config`` in Detectron2's projects), called with the config
+            that ``add_ssb_config`` made, before the file is merged.
 
     Returns:
         CfgNode: the frozen config.
     """
-    cfg = load_config(args.config_file, args.opts)
+    defaults = add_ssb_config(get_cfg())
+    if add_config is not None:
+        add_config(defaults)
+    cfg = load_config(args.config_file, args.opts, cfg=defaults)
     cfg.freeze()
     default_setup(cfg, args)
     # ssb_det's own messages (dataset generation, warnings) in the console and log.txt.
@@ -195,11 +203,12 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def main(args, add_config: Optional[Callable] = None):
     """Train (then evaluate), or with ``args.eval_only`` evaluate ``MODEL.WEIGHTS``.
 
     Args:
         args (argparse.Namespace): from ``default_argument_parser()``.
+        add_config (callable or None): a project's config keys (see :func:`setup`).
 
     Returns:
         The evaluation results (see :meth:`Trainer.test`); for a training run, those of the
@@ -209,7 +218,7 @@ def main(args):
         ssb_det.data.DatasetNotFoundError: a dataset of the config has no files.
         WeightsConventionError: see :func:`check_weights_conventions`.
     """
-    cfg = setup(args)
+    cfg = setup(args, add_config)
     if not args.resume:  # a resumed run loads its own checkpoint, not MODEL.WEIGHTS
         check_weights_conventions(cfg)
     if args.eval_only:

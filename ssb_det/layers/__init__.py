@@ -3,8 +3,7 @@
 ``tensor_ops`` (dtype and in-place helpers) <- ``sampling_maps`` (pure map maths) <-
 ``resample`` (CPU resampling kernels) <- ``grid`` (the :class:`Grid` interface) <-
 ``sampler`` (the :class:`SaliencySampler` module); ``misc``: SE and drop path;
-``sampling_stats``: how far a map is from uniform; ``box_saliency``: the target of a
-box-supervised saliency.
+``sampling_stats``: how far a map is from uniform.
 """
 from .grid import Grid, SeparableGrid
 from .misc import DropPath, SaliencyConv, SqueezeExcitation

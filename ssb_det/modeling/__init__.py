@@ -1,4 +1,4 @@
-"""SSB-ResNet blocks, Detectron2 backbones and meta-architecture (registered on import)."""
+"""SSB-ResNet blocks and Detectron2 backbones (registered on import)."""
 from .blocks import RSBottleneckBlock, SSBBottleneckBlock
 from .stems import DeepLabStem, RSStem
 from .backbone import (
@@ -11,18 +11,14 @@ from .backbone import (
     ssb_resnet,
     ssb_resnet_kwargs_from_cfg,
 )
-from .meta_arch import SaliencySupervisedRCNN
-from .oracle import OracleSamplingRCNN
 
 __all__ = [
     "BLOCKS_PER_STAGE",
     "DeepLabStem",
-    "OracleSamplingRCNN",
     "RSBottleneckBlock",
     "RSStem",
     "SSBBottleneckBlock",
     "SSBResNet",
-    "SaliencySupervisedRCNN",
     "build_ssb_resnet_backbone",
     "build_ssb_resnet_fpn_backbone",
     "build_ssb_retinanet_resnet_fpn_backbone",

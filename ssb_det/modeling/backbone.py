@@ -415,12 +415,6 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         in_channels (int): image channels.
     """
     r, s = cfg.MODEL.RESNETS, cfg.MODEL.SSB
-    if not s.SEPARABLE:
-        raise ValueError(
-            "MODEL.SSB.SEPARABLE=False: the 2-D (non-separable) sampling map was removed (its "
-            "approximate inverse did not converge); only the separable map, with its exact "
-            "inverse, is supported: set MODEL.SSB.SEPARABLE True"
-        )
     unknown = sorted(set(r) - set(RESNETS_KEYS))
     if unknown:
         raise ValueError(

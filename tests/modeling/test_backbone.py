@@ -9,6 +9,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import BottleneckBlock, build_resnet_backbone
 
 import ssb_det
+from ssb_det.config import add_ssb_config, load_config
 from ssb_det.modeling import SSBBottleneckBlock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -287,11 +288,18 @@ def test_saliency_bound_key_reaches_every_sampler():
         assert blocks and all(b.sampler.saliency_bound == bound for b in blocks)
 
 
-def test_non_separable_map_is_refused_with_a_clear_error():
-    # Issue 12, defect 4: the 2-D map's inverse did not converge; it was removed.
-    with pytest.raises(ValueError, match="MODEL.SSB.SEPARABLE=False.*removed"):
-        build_backbone(make_cfg(SEPARABLE=False))
-    assert "INVERSE_ITERS" not in make_cfg().MODEL.SSB
+def test_removed_separable_key_is_refused_naming_it_and_the_fix(tmp_path):
+    # The 2-D map's inverse did not converge; it was removed, and with it the key.
+    assert "SEPARABLE" not in make_cfg().MODEL.SSB and "INVERSE_ITERS" not in make_cfg().MODEL.SSB
+    path = tmp_path / "old.yaml"
+    path.write_text("MODEL:\n  SSB:\n    SEPARABLE: True\n")
+    expected = "MODEL.SSB.SEPARABLE.*removed.*delete MODEL.SSB.SEPARABLE from your config"
+    with pytest.raises(KeyError, match=expected):
+        load_config(str(path))
+    with pytest.raises(KeyError, match=expected):  # what a Detectron2 user's own setup does
+        add_ssb_config(get_cfg()).merge_from_file(str(path))
+    with pytest.raises(KeyError, match=expected):
+        load_config(None, ["MODEL.SSB.SEPARABLE", "False"])
 
 
 def _bottom_up_cfg(**ssb):

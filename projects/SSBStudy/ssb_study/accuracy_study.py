@@ -20,16 +20,20 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .benchmark import time_interleaved
-from .models import build_detector, load_cfg, random_image
+from ssb_det.analysis.benchmark import time_interleaved
+from ssb_det.analysis.models import build_detector, random_image
+from ssb_det.analysis.report import part_macs
+
+from .config import load_study_cfg
 from .processes import Job, run_jobs
-from .report import part_macs
 
 __all__ = ["VARIANTS", "INIT_FROM", "EVAL_ONLY", "PAIRS", "Run", "plan_runs", "run_all", "collect",
            "sampling_stats", "paired_difference", "summarize", "format_markdown", "format_csv", "write_plot", "main"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO, "configs", "study")
+# The project's folder, and the repository it lives in (runs write under its output/).
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(PROJECT))
+CONFIG_DIR = os.path.join(PROJECT, "configs")
 # label -> config; each differs from Base-Study-FPN-small.yaml only in its defining keys.
 VARIANTS: Dict[str, str] = {
     "R50": "faster_rcnn_R_50_FPN_small.yaml",
@@ -324,7 +328,7 @@ def _command(run: Run, opts: Sequence[str]) -> List[str]:
     # With --resume, Detectron2 loads MODEL.WEIGHTS only when the run has no checkpoint yet.
     init = ["MODEL.WEIGHTS", run.init_weights] if run.init_weights else []
     mode = "--eval-only" if run.eval_only else "--resume"
-    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), mode,
+    return [sys.executable, os.path.join(PROJECT, "train_net.py"), mode,
             "--config-file", run.config, "SEED", str(run.seed), "OUTPUT_DIR", run.output_dir,
             *init, *opts]
 
@@ -411,7 +415,7 @@ def measure_costs(variants: Sequence[str], size=(256, 320), *, latency_iters: in
     costs, bottom_ups = {}, {}
     x = random_image(*size)
     for v in variants:
-        cfg = load_cfg(os.path.join(CONFIG_DIR, VARIANTS[v]))
+        cfg = load_study_cfg(os.path.join(CONFIG_DIR, VARIANTS[v]))
         detector = build_detector(cfg)
         macs = part_macs(detector, *size)
         costs[v] = dict(bottom_up_gmacs=macs["bottom-up"] / 1e9,
@@ -521,7 +525,7 @@ def write_plot(summary: dict, path: str) -> str:
 
 
 def main(args) -> int:
-    """The study from parsed arguments (see ``benchmarks/accuracy_study.py``)."""
+    """The study from parsed arguments (see ``projects/SSBStudy/accuracy_study.py``)."""
     seeds = list(range(1, args.seeds + 1))
     runs = plan_runs(args.variants, seeds, args.output)
     opts = list(args.opts)

@@ -9,7 +9,7 @@ every batch; ``MODEL.SSB.PADDING_AWARE`` (the default) samples each image within
 :func:`batch_dependence` runs image A alone and batched with a larger image B and measures the
 relative L2 change of A's FPN features on its valid region, of the box head's outputs on fixed
 boxes in A (a detection proxy free of the ranking noise of random-weight proposals) and of the
-SSB sampling rate over A's rows and columns. ``benchmarks/batch_dependence.py`` is its command
+SSB sampling rate over A's rows and columns. ``projects/SSBStudy/batch_dependence.py`` is its command
 line.
 """
 import math
@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes
 
-from ..checkpoint import SSBCheckpointer
-from ..layers import SaliencySampler
-from .models import build_detector, cfg_label, load_cfg
+from ssb_det.checkpoint import SSBCheckpointer
+from ssb_det.layers import SaliencySampler
+from ssb_det.analysis.models import build_detector, cfg_label
+
+from .config import load_study_cfg
 
 __all__ = ["smooth_image", "randomise_saliency", "fixed_boxes", "relative_change",
            "grid_rate_change", "measure", "batch_dependence", "format_report"]
@@ -174,7 +176,7 @@ def batch_dependence(size_a: Sequence[int] = (320, 448), size_b: Sequence[int] =
                    for std in logit_stds for a in awareness]
     rows = []
     for label, enabled, logit_std, aware in [(None, False, None, True)] + models:
-        cfg = load_cfg(config_file, list(opts) + [
+        cfg = load_study_cfg(config_file, list(opts) + [
             "MODEL.SSB.ENABLED", str(enabled), "MODEL.SSB.PADDING_AWARE", str(aware)])
         label = label or f"plain {cfg_label(cfg)}"
         model = build_detector(cfg, seed)

@@ -2,12 +2,12 @@
 
 :class:`SaliencySupervisedRCNN` is Detectron2's ``GeneralizedRCNN`` plus one training loss,
 ``loss_saliency``: each learned SSB block's saliency distribution is pulled toward one with a
-share ``MODEL.SSB.BOX_SALIENCY_MASS`` on the ground-truth boxes and the rest uniform
-(:mod:`ssb_det.layers.box_saliency`; KL divergence). Inference is
+share ``MODEL.SSB_STUDY.BOX_SALIENCY_MASS`` on the ground-truth boxes and the rest uniform
+(:mod:`ssb_study.box_saliency`; KL divergence). Inference is
 ``GeneralizedRCNN``'s, unchanged: the saliency is still predicted from the features, and no
 box is needed. Select it with ``MODEL.META_ARCHITECTURE "SaliencySupervisedRCNN"``.
 
-``MODEL.SSB.BOX_SALIENCY_HEAD "auxiliary"`` is its control: the same loss on a separate
+``MODEL.SSB_STUDY.BOX_SALIENCY_HEAD "auxiliary"`` is its control: the same loss on a separate
 saliency head per block that an SSB network samples, reading the same features (the block's
 ``relu(conv1(x))``) and never used for sampling. The features then get the same auxiliary
 signal while the sampling is left alone (uniform with ``MODEL.SSB.UNIFORM True``), which
@@ -24,10 +24,11 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from torch import nn
 
-from ..layers import SaliencySampler, as_grid_tensor
-from ..layers.box_saliency import box_saliency_target, saliency_kl
-from .backbone import region_sizes
-from .blocks import learned_ssb_blocks
+from ssb_det.layers import SaliencySampler, as_grid_tensor
+from ssb_det.modeling.backbone import region_sizes
+from ssb_det.modeling.blocks import learned_ssb_blocks
+
+from .box_saliency import box_saliency_target, saliency_kl
 
 __all__ = ["SaliencySupervisedRCNN", "BOX_SALIENCY_HEADS", "sampled_positions"]
 
@@ -104,15 +105,15 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         super().__init__(**kwargs)
         if not box_saliency_weight >= 0:
             raise ValueError(
-                f"MODEL.SSB.BOX_SALIENCY_WEIGHT must be >= 0, got {box_saliency_weight}")
+                f"MODEL.SSB_STUDY.BOX_SALIENCY_WEIGHT must be >= 0, got {box_saliency_weight}")
         if not 0.0 <= box_saliency_mass < 1.0:
             raise ValueError(
-                f"MODEL.SSB.BOX_SALIENCY_MASS must be in [0, 1), got {box_saliency_mass}")
+                f"MODEL.SSB_STUDY.BOX_SALIENCY_MASS must be in [0, 1), got {box_saliency_mass}")
         self.box_saliency_weight = float(box_saliency_weight)
         self.box_saliency_mass = float(box_saliency_mass)
         self.box_saliency_detach = bool(box_saliency_detach)
         if box_saliency_head not in BOX_SALIENCY_HEADS:
-            raise ValueError(f"MODEL.SSB.BOX_SALIENCY_HEAD must be one of {BOX_SALIENCY_HEADS}, "
+            raise ValueError(f"MODEL.SSB_STUDY.BOX_SALIENCY_HEAD must be one of {BOX_SALIENCY_HEADS}, "
                              f"got {box_saliency_head!r}")
         self.box_saliency_head = box_saliency_head
         # Hooks registered once; they record nothing outside a training forward of this class.
@@ -120,7 +121,7 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             positions = sampled_positions(self.backbone, sampling_ratios)
             if not positions:
                 raise ValueError(
-                    'MODEL.SSB.BOX_SALIENCY_HEAD "auxiliary" puts its heads on the blocks an SSB '
+                    'MODEL.SSB_STUDY.BOX_SALIENCY_HEAD "auxiliary" puts its heads on the blocks an SSB '
                     "network samples (stride 1, MODEL.SSB.RATIOS < 1), and the backbone has none")
             self.aux_saliency = nn.ModuleDict()
             for name, (block, stride, ratio) in positions.items():
@@ -135,10 +136,10 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["box_saliency_weight"] = cfg.MODEL.SSB.BOX_SALIENCY_WEIGHT
-        ret["box_saliency_mass"] = cfg.MODEL.SSB.BOX_SALIENCY_MASS
-        ret["box_saliency_detach"] = cfg.MODEL.SSB.BOX_SALIENCY_DETACH
-        ret["box_saliency_head"] = cfg.MODEL.SSB.BOX_SALIENCY_HEAD
+        ret["box_saliency_weight"] = cfg.MODEL.SSB_STUDY.BOX_SALIENCY_WEIGHT
+        ret["box_saliency_mass"] = cfg.MODEL.SSB_STUDY.BOX_SALIENCY_MASS
+        ret["box_saliency_detach"] = cfg.MODEL.SSB_STUDY.BOX_SALIENCY_DETACH
+        ret["box_saliency_head"] = cfg.MODEL.SSB_STUDY.BOX_SALIENCY_HEAD
         ret["sampling_ratios"] = tuple(cfg.MODEL.SSB.RATIOS)
         s = cfg.MODEL.SSB
         # No SALIENCY_BOUND: it keeps a sampling map from collapsing, and these sample nothing.
@@ -165,7 +166,7 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
             raise ValueError(
                 "SaliencySupervisedRCNN: the backbone has no learned saliency to supervise "
                 "(MODEL.SSB.ENABLED False, or MODEL.SSB.UNIFORM True); use GeneralizedRCNN, "
-                'or MODEL.SSB.BOX_SALIENCY_HEAD "auxiliary" with uniform sampling')
+                'or MODEL.SSB_STUDY.BOX_SALIENCY_HEAD "auxiliary" with uniform sampling')
         instances = [x["instances"] for x in batched_inputs]
         losses["loss_saliency"] = self.box_saliency_weight * self.saliency_loss(calls, instances)
         return losses

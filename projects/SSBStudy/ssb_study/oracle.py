@@ -3,8 +3,8 @@
 :class:`OracleSamplingRCNN` is Detectron2's ``GeneralizedRCNN`` whose SSB blocks sample with
 the saliency of the images' ground-truth boxes instead of a predicted one, in training and at
 test: each block's grid is built (``SaliencySampler.grid_from_saliency``) from
-:func:`~ssb_det.layers.box_saliency.box_saliency_target`, a share
-``MODEL.SSB.BOX_SALIENCY_MASS`` on the boxes and the rest uniform. It asks the study's
+:func:`~ssb_study.box_saliency.box_saliency_target`, a share
+``MODEL.SSB_STUDY.BOX_SALIENCY_MASS`` on the boxes and the rest uniform. It asks the study's
 question from above: if the saliency knew exactly where the objects are, would sampling them
 more densely beat uniform sampling? A learned saliency can at best approach it.
 
@@ -24,9 +24,10 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import BoxMode
 
-from ..layers.tensor_ops import to_grid_dtype
-from ..layers.box_saliency import box_saliency_target
-from .blocks import ssb_blocks
+from ssb_det.layers.tensor_ops import to_grid_dtype
+from ssb_det.modeling.blocks import ssb_blocks
+
+from .box_saliency import box_saliency_target
 
 __all__ = ["OracleSamplingRCNN", "catalog_boxes"]
 
@@ -83,7 +84,7 @@ class OracleSamplingRCNN(GeneralizedRCNN):
     def __init__(self, *, oracle_mass: float, test_datasets: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= oracle_mass < 1.0:
-            raise ValueError(f"MODEL.SSB.BOX_SALIENCY_MASS must be in [0, 1), got {oracle_mass}")
+            raise ValueError(f"MODEL.SSB_STUDY.BOX_SALIENCY_MASS must be in [0, 1), got {oracle_mass}")
         self.oracle_mass = float(oracle_mass)
         self.test_datasets = tuple(test_datasets)
         samplers = [block.sampler for block in ssb_blocks(self.backbone).values()]
@@ -97,7 +98,7 @@ class OracleSamplingRCNN(GeneralizedRCNN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["oracle_mass"] = cfg.MODEL.SSB.BOX_SALIENCY_MASS
+        ret["oracle_mass"] = cfg.MODEL.SSB_STUDY.BOX_SALIENCY_MASS
         ret["test_datasets"] = tuple(cfg.DATASETS.TEST)
         return ret
 

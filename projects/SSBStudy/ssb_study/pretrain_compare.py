@@ -1,10 +1,10 @@
 """Classification twins side by side: SSB-R50, the plain R50 and uniform-sampling SSB-R50.
 
-``benchmarks/pretrain_compare.py`` parses its options and calls :func:`main`. Each run is a
+``projects/SSBStudy/pretrain_compare.py`` parses its options and calls :func:`main`. Each run is a
 ``tools/pretrain_cls.py`` process (``--resume``: a finished run is kept, an interrupted one
 continues); a run's numbers are read back from its ``metrics.json`` (the final evaluation
 is logged there at the last iteration) and tabulated with the paired differences by seed
-(:func:`ssb_det.analysis.accuracy_study.paired_difference`).
+(:func:`ssb_study.accuracy_study.paired_difference`).
 """
 import json
 import os
@@ -17,7 +17,8 @@ from .processes import Job, run_jobs
 
 __all__ = ["VARIANTS", "PAIRS", "plan_runs", "run_result", "run_all", "report", "main"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository the project lives in: its configs/pretrain, tools/ and output/.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "pretrain", "ssb_r50_shapes.yaml")
 
 # (name, output sub-folder, overrides that make the variant from the SSB-R50 config)
@@ -167,7 +168,7 @@ def main(args):
     Args:
         args (argparse.Namespace): ``config_file``, ``iters``, ``seeds``, ``variants``,
             ``jobs``, ``threads``, ``checkpoint_period``, ``report_only``, ``output``, ``opts``
-            (see ``benchmarks/pretrain_compare.py``).
+            (see ``projects/SSBStudy/pretrain_compare.py``).
 
     Returns:
         tuple: ``(results, pairs)``: per variant and seed the final numbers, and the paired

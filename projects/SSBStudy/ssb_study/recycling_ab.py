@@ -1,6 +1,6 @@
 """A/B of the SSB blocks' memory reuse (``SampledStage``'s recycled block outputs and a
 projection block's output written into its own shortcut): SSB bottom-up with and without
-it, and its plain twin, timed interleaved in one process (``benchmarks/recycling_ab.py``).
+it, and its plain twin, timed interleaved in one process (``projects/SSBStudy/recycling_ab.py``).
 
 The reuse has no config key (an internal speed-up); the A/B turns its one switch,
 ``blocks.may_reuse_memory``, off around one model's forward. Each order of the three models
@@ -11,9 +11,11 @@ from typing import Callable, List, Sequence
 
 import torch
 
-from ..modeling import blocks
-from .benchmark import time_interleaved
-from .models import baseline_twin, build_detector, load_cfg, random_image
+from ssb_det.modeling import blocks
+from ssb_det.analysis.benchmark import time_interleaved
+from ssb_det.analysis.models import baseline_twin, build_detector, random_image
+
+from .config import load_study_cfg
 
 __all__ = ["forward_step", "recycling_ab", "format_table"]
 
@@ -38,7 +40,7 @@ def recycling_ab(size: Sequence[int] = (800, 1216), iters: int = 7) -> List[dict
     """Median CPU ms of :data:`NAMES` (default Faster R-CNN R50-FPN bottom-ups, one
     thread), one record per order (as listed, then reversed)."""
     torch.set_num_threads(1)
-    cfg = load_cfg()
+    cfg = load_study_cfg()
     ssb = build_detector(cfg).backbone.bottom_up
     plain = build_detector(baseline_twin(cfg)).backbone.bottom_up
     x = random_image(*size)

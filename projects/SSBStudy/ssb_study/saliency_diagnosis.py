@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..layers import recasens_knots_1d
-from ..layers.sampling_stats import density_at, separable_statistics
-from ..modeling.blocks import ssb_blocks
+from ssb_det.layers import recasens_knots_1d
+from ssb_det.layers.sampling_stats import density_at, separable_statistics
+from ssb_det.modeling.blocks import ssb_blocks
 
 __all__ = ["logit_scale_response", "block_diagnosis", "format_markdown", "main"]
 
@@ -156,7 +156,7 @@ def _training_batch(cfg, images: int) -> List[dict]:
     from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
     from detectron2.data.samplers import TrainingSampler
 
-    from ..data import FileNamingDatasetMapper
+    from ssb_det.data import FileNamingDatasetMapper
 
     cfg = cfg.clone()
     cfg.defrost()
@@ -205,12 +205,14 @@ def format_markdown(response: List[dict], blocks: Dict[str, Dict[str, dict]]) ->
 
 
 def main(args) -> int:
-    """``benchmarks/saliency_diagnosis.py`` from parsed arguments."""
+    """``projects/SSBStudy/saliency_diagnosis.py`` from parsed arguments."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from .models import build_detector, load_cfg
+    from ssb_det.analysis.models import build_detector
 
-    cfg = load_cfg(args.config_file, args.opts)
+    from .config import load_study_cfg
+
+    cfg = load_study_cfg(args.config_file, args.opts)
     stride_sizes = [(cfg.INPUT.MIN_SIZE_TEST // s, cfg.INPUT.MAX_SIZE_TEST // s) for s in (4, 16)]
     response = []
     for size in stride_sizes:

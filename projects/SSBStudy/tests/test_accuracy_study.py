@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from detectron2.config import get_cfg
 
-from ssb_det.analysis import accuracy_study
-from ssb_det.analysis.accuracy_study import (
+from ssb_study import accuracy_study
+from ssb_study.accuracy_study import (
     CONFIG_DIR,
     EVAL_ONLY,
     INIT_FROM,
@@ -20,15 +19,15 @@ from ssb_det.analysis.accuracy_study import (
     plan_runs,
     summarize,
 )
-from ssb_det.config import add_ssb_config
+from ssb_study import study_defaults
 from test_configs import flat  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The auxiliary box-supervised heads (SaliencySupervisedRCNN, BOX_SALIENCY_HEAD "auxiliary")
 # on three networks; the same keys define their tiny-task twins.
 _AUX = {"MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.BOX_SALIENCY_HEAD": "auxiliary"}
+        "MODEL.SSB_STUDY.BOX_SALIENCY_HEAD": "auxiliary"}
 AUXILIARY_KEYS = {
     "SSB-R50 uniform, box-supervised auxiliary saliency LR x10": {
         **_AUX, "MODEL.SSB.UNIFORM": True},
@@ -60,7 +59,7 @@ DEFINING_KEYS = {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0},
     "SSB-R50 box-supervised saliency LR x10 detached": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.BOX_SALIENCY_DETACH": True},
+        "MODEL.SSB_STUDY.BOX_SALIENCY_DETACH": True},
     **AUXILIARY_KEYS,
     **ORACLE_KEYS,
     # The pretrained path: same configs, the weights come from the R50 run (INIT_FROM).
@@ -85,9 +84,9 @@ DEFINING_KEYS = {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0},
     "SSB-R50 box-supervised saliency LR x10 detached tiny": {
         "MODEL.META_ARCHITECTURE": "SaliencySupervisedRCNN", "SOLVER.SALIENCY_LR_FACTOR": 10.0,
-        "MODEL.SSB.BOX_SALIENCY_DETACH": True},
+        "MODEL.SSB_STUDY.BOX_SALIENCY_DETACH": True},
     **{f"{v} tiny": keys for v, keys in {**AUXILIARY_KEYS, **ORACLE_KEYS}.items()},
-    "SSB-R50 oracle sampling mass 0.2 tiny": {**_ORACLE, "MODEL.SSB.BOX_SALIENCY_MASS": 0.2},
+    "SSB-R50 oracle sampling mass 0.2 tiny": {**_ORACLE, "MODEL.SSB_STUDY.BOX_SALIENCY_MASS": 0.2},
     # Trained adaptive weights evaluated with the saliency ignored (EVAL_ONLY).
     "SSB-R50, uniform at test": {"MODEL.SSB.UNIFORM": True},
     "SSB-R50 tiny, uniform at test": {"MODEL.SSB.UNIFORM": True},
@@ -120,7 +119,7 @@ TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
 
 
 def _load(name):
-    cfg = add_ssb_config(get_cfg())
+    cfg = study_defaults()
     cfg.merge_from_file(os.path.join(CONFIG_DIR, name), allow_unsafe=False)
     return flat(cfg)
 
@@ -238,7 +237,7 @@ def test_eval_only_variants_evaluate_their_sources_weights_without_training(tmp_
 
 @pytest.mark.slow
 def test_quick_study_trains_evaluates_tabulates_and_resumes(tmp_path):
-    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "accuracy_study.py"), "--quick",
+    cmd = [sys.executable, os.path.join(PROJECT, "accuracy_study.py"), "--quick",
            "--seeds", "2", "--variants", "SSB-R50", "SSB-R50 from R50", "--output", str(tmp_path)]
     env = dict(os.environ, MPLBACKEND="Agg")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)

@@ -1,4 +1,4 @@
-"""benchmarks/batch_dependence.py (ssb_det.analysis.batch_dependence): the calibration of its
+"""projects/SSBStudy/batch_dependence.py (ssb_study.batch_dependence): the calibration of its
 random saliency, and that its measurements separate padding-aware from padding-unaware
 sampling, on a narrow host and small images."""
 import os
@@ -7,14 +7,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ssb_det.analysis import batch_dependence as bd
+from ssb_study import batch_dependence as bd
 from ssb_det.analysis.models import build_detector, load_cfg
 from ssb_det.layers import SaliencySampler
 from narrow_host import NARROW_HOST_OPTS  # tests/ is on sys.path, see conftest.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-from batch_dependence import main  # noqa: E402  (the benchmark's command line)
+from batch_dependence import main  # noqa: E402  (the project's command line, see conftest.py)
 
 SIZE_A, SIZE_B = (64, 96), (96, 160)  # A a multiple of 32: alone, it fills every map
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ssb_det.layers.box_saliency import box_coverage, box_saliency_target, saliency_kl
+from ssb_study.box_saliency import box_coverage, box_saliency_target, saliency_kl
 
 
 def coverage_by_pixels(boxes, size, cells, sub=8):

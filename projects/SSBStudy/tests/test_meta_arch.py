@@ -8,23 +8,24 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ssb_det.modeling import SaliencySupervisedRCNN, SSBBottleneckBlock
-from ssb_det.modeling.meta_arch import _RECORD, sampled_positions
+from ssb_det.modeling import SSBBottleneckBlock
+from ssb_study import SaliencySupervisedRCNN, add_study_config
+from ssb_study.meta_arch import _RECORD, sampled_positions
 from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 from test_rcnn import random_batch, rcnn_cfg  # noqa: E402
 
 ZOO = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 
 
-def supervised_cfg(**ssb):
-    cfg = rcnn_cfg(ZOO)
+def supervised_cfg(**keys):
+    cfg = add_study_config(rcnn_cfg(ZOO))
     cfg.merge_from_list(NARROW_HOST_OPTS)
     cfg.MODEL.META_ARCHITECTURE = "SaliencySupervisedRCNN"
     # The zoo's FrozenBN leaves a random network's activations in the hundreds; trained from
     # scratch (as in the study) BatchNorm keeps them near 1.
     cfg.MODEL.RESNETS.NORM = "BN"
-    for k, v in ssb.items():
-        cfg.MODEL.SSB[k] = v
+    for k, v in keys.items():  # the study's keys, and the library's
+        (cfg.MODEL.SSB_STUDY if k in cfg.MODEL.SSB_STUDY else cfg.MODEL.SSB)[k] = v
     return cfg
 
 

@@ -11,8 +11,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ssb_det.modeling import OracleSamplingRCNN, SSBBottleneckBlock
-from ssb_det.modeling.oracle import _BOXES
+from ssb_det.modeling import SSBBottleneckBlock
+from ssb_study import OracleSamplingRCNN, add_study_config
+from ssb_study.oracle import _BOXES
 from narrow_host import NARROW_HOST_OPTS  # noqa: E402 (tests/ is on sys.path, see conftest.py)
 from sampling_reference import ref_knots  # noqa: E402
 from test_meta_arch import reference_box_target  # noqa: E402
@@ -35,12 +36,12 @@ def _register_catalog():
 
 def build(mass=0.5, sigma=5.5, seed=0, **overrides):
     _register_catalog()
-    cfg = rcnn_cfg(ZOO)
+    cfg = add_study_config(rcnn_cfg(ZOO))
     cfg.merge_from_list(NARROW_HOST_OPTS)
     cfg.MODEL.META_ARCHITECTURE = "OracleSamplingRCNN"
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.SSB.UNIFORM = True
-    cfg.MODEL.SSB.BOX_SALIENCY_MASS = mass
+    cfg.MODEL.SSB_STUDY.BOX_SALIENCY_MASS = mass
     cfg.MODEL.SSB.KERNEL_SIGMA = sigma
     cfg.DATASETS.TEST = (CATALOG,)
     cfg.merge_from_list([x for kv in overrides.items() for x in kv])

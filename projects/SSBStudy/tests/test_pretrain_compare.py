@@ -1,4 +1,4 @@
-"""benchmarks/pretrain_compare.py (ssb_det.analysis.pretrain_compare): classification twins
+"""projects/SSBStudy/pretrain_compare.py (ssb_study.pretrain_compare): classification twins
 trained as separate processes over seeds, resumed, tabulated with paired differences."""
 import json
 import os
@@ -8,10 +8,8 @@ import sys
 import pytest
 import yaml
 
-from ssb_det.analysis import pretrain_compare as pc
+from ssb_study import pretrain_compare as pc
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from pretrain_compare import parse_args  # noqa: E402  (the benchmark's own parser)
 
 

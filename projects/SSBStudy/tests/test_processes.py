@@ -1,10 +1,10 @@
-"""ssb_det.analysis.processes: the process pool both studies train their runs with."""
+"""ssb_study.processes: the process pool both studies train their runs with."""
 import os
 import sys
 
 import pytest
 
-from ssb_det.analysis.processes import Job, run_jobs
+from ssb_study.processes import Job, run_jobs
 
 
 def _py(code):

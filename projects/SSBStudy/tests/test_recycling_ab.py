@@ -3,7 +3,7 @@ restores it whatever happens."""
 import pytest
 import torch
 
-from ssb_det.analysis.recycling_ab import NAMES, format_table, forward_step
+from ssb_study.recycling_ab import NAMES, format_table, forward_step
 from ssb_det.modeling import blocks
 
 

@@ -3,10 +3,11 @@ import os
 
 import torch
 
-from ssb_det.analysis.models import build_detector, load_cfg
-from ssb_det.analysis.saliency_diagnosis import block_diagnosis, logit_scale_response
+from ssb_det.analysis.models import build_detector
+from ssb_study import load_study_cfg as load_cfg
+from ssb_study.saliency_diagnosis import block_diagnosis, logit_scale_response
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def training_item(box, gen):
@@ -34,7 +35,7 @@ def test_zero_logits_sample_uniformly_and_larger_logits_move_the_map_more():
 
 
 def test_block_diagnosis_at_initialisation_leaves_the_model_as_it_was():
-    cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_FPN_small.yaml"))
+    cfg = load_cfg(os.path.join(CONFIGS, "faster_rcnn_SSB_R_50_FPN_small.yaml"))
     model = build_detector(cfg)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
@@ -57,7 +58,7 @@ def test_block_diagnosis_at_initialisation_leaves_the_model_as_it_was():
 def test_block_diagnosis_reports_the_grid_each_block_samples_with():
     # The oracle samples the uniform network at the boxes: the statistics are its grid's,
     # and the saliency-conv entries are NaN (no conv).
-    cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml"))
+    cfg = load_cfg(os.path.join(CONFIGS, "faster_rcnn_SSB_R_50_oracle_FPN_tiny.yaml"))
     model = build_detector(cfg)
     item = training_item([10.0, 12.0, 22.0, 20.0], torch.Generator().manual_seed(0))
     result = block_diagnosis(model, [item])
@@ -74,7 +75,7 @@ def test_zoom_at_boxes_by_hand():
 
     from detectron2.structures import Boxes, Instances
 
-    from ssb_det.analysis.saliency_diagnosis import _zoom_at_boxes
+    from ssb_study.saliency_diagnosis import _zoom_at_boxes
 
     # rows: intervals 0.1, 0.4, 0.4, 0.1 (densities 2.5, 0.625, 0.625, 2.5); columns uniform
     ky = torch.tensor([[0.0, 0.1, 0.5, 0.9, 1.0]], dtype=torch.float64)
@@ -91,9 +92,9 @@ def test_the_diagnosis_batch_is_the_same_at_every_call_and_leaves_the_generators
 
     import numpy as np
 
-    from ssb_det.analysis.saliency_diagnosis import _training_batch
+    from ssb_study.saliency_diagnosis import _training_batch
 
-    cfg = load_cfg(os.path.join(REPO, "configs", "study", "faster_rcnn_SSB_R_50_FPN_small.yaml"))
+    cfg = load_cfg(os.path.join(CONFIGS, "faster_rcnn_SSB_R_50_FPN_small.yaml"))
     cfg.defrost()
     cfg.DATASETS.TRAIN = ("ssb_shapes_small_quick",)
     torch.manual_seed(5), np.random.seed(5), random.seed(5)

@@ -7,7 +7,7 @@ and the same schedule; the three differ in one key each (``MODEL.SSB.ENABLED Fal
 ``MODEL.SSB.UNIFORM True``). The table reports, per model, top-1 of the final weights and
 of their EMA on the validation split (mean, spread and each seed), the validation loss, the
 training throughput, how far the learned sampling is from uniform, and the paired
-differences by seed with a 95 % interval (``ssb_det.analysis.accuracy_study``'s).
+differences by seed with a 95 % interval (``ssb_study.accuracy_study``'s).
 
 Resumable: a run whose final evaluation is in its ``metrics.json`` is kept and skipped, an
 interrupted one resumes from its last checkpoint. Writes ``table.md`` and ``results.json``
@@ -15,16 +15,16 @@ in ``--output``. A script, not a test: timings depend on the machine.
 
 Examples::
 
-    python benchmarks/pretrain_compare.py --iters 1200 --output output/pretrain_compare
+    python projects/SSBStudy/pretrain_compare.py --iters 1200 --output output/pretrain_compare
     # classification where the object must be found first, three seeds, two runs at a time
-    python benchmarks/pretrain_compare.py --config-file configs/pretrain/ssb_r50_shapes_canvas.yaml \\
+    python projects/SSBStudy/pretrain_compare.py --config-file configs/pretrain/ssb_r50_shapes_canvas.yaml \\
         --seeds 1 2 3 --jobs 2 --threads 1 --output output/pretrain_canvas
 """
 import argparse
 import os
 import sys
 
-from ssb_det.analysis.pretrain_compare import DEFAULT_CONFIG, REPO, VARIANTS, main
+from ssb_study.pretrain_compare import DEFAULT_CONFIG, REPO, VARIANTS, main
 
 
 def parse_args(argv=None):

@@ -5,17 +5,17 @@ Runs image A alone and batched with a larger image B, for the plain twin and SSB
 logits have standard deviation ``--logit-std`` on A, a stand-in for a trained model's
 non-uniform saliency; or all from ``--weights``), and prints the relative L2 change of A's FPN
 features, of the box head's outputs on fixed boxes in A and of the SSB sampling rate over A
-(see ``ssb_det.analysis.batch_dependence``).
+(see ``ssb_study.batch_dependence``).
 
-    .venv/bin/python benchmarks/batch_dependence.py            # defaults: A 320x448, B 640x896
-    .venv/bin/python benchmarks/batch_dependence.py --weights output/model_final.pth
+    .venv/bin/python projects/SSBStudy/batch_dependence.py            # defaults: A 320x448, B 640x896
+    .venv/bin/python projects/SSBStudy/batch_dependence.py --weights output/model_final.pth
 
 The numbers are exact (no timing involved) but depend on the random weights; ``--seed`` shows
 the spread.
 """
 import argparse
 
-from ssb_det.analysis.batch_dependence import batch_dependence, format_report
+from ssb_study.batch_dependence import batch_dependence, format_report
 
 
 def main(argv=None):

@@ -5,13 +5,13 @@ nothing references any more (``ssb_det.layers.sole_reference``), and a projectio
 writes its output into its own shortcut when nothing else holds it, instead of a fresh
 full-size map whose first write page-faults. This times the three bottom-ups (Faster R-CNN
 R50-FPN, random weights) interleaved in one process, 1 thread, process CPU time, medians,
-in both orders (see ``ssb_det.analysis.recycling_ab``).
+in both orders (see ``ssb_study.recycling_ab``).
 
-    .venv/bin/python benchmarks/recycling_ab.py            # 800x1216, 7 runs each
+    .venv/bin/python projects/SSBStudy/recycling_ab.py            # 800x1216, 7 runs each
 """
 import argparse
 
-from ssb_det.analysis.recycling_ab import format_table, recycling_ab
+from ssb_study.recycling_ab import format_table, recycling_ab
 
 
 def main(argv=None):

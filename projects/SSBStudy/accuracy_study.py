@@ -10,15 +10,15 @@ See docs/accuracy.md.
 
 Examples::
 
-    python benchmarks/accuracy_study.py                 # the study (75-90 min, 2 cores)
-    python benchmarks/accuracy_study.py --quick --output /tmp/study   # a few minutes, CI
-    python benchmarks/accuracy_study.py --variants R50 SSB-R50 R101 --seeds 3
+    python projects/SSBStudy/accuracy_study.py                 # the study (75-90 min, 2 cores)
+    python projects/SSBStudy/accuracy_study.py --quick --output /tmp/study   # a few minutes, CI
+    python projects/SSBStudy/accuracy_study.py --variants R50 SSB-R50 R101 --seeds 3
 """
 import argparse
 import os
 import sys
 
-from ssb_det.analysis.accuracy_study import DEFAULT_VARIANTS, REPO, VARIANTS, main
+from ssb_study.accuracy_study import DEFAULT_VARIANTS, REPO, VARIANTS, main
 
 
 def parse_args(argv=None):

@@ -9,14 +9,14 @@ loss sends to the saliency conv relative to the block's conv1.
 
 Example::
 
-    python benchmarks/saliency_diagnosis.py \\
-        --config-file configs/study/faster_rcnn_SSB_R_50_FPN_small.yaml \\
+    python projects/SSBStudy/saliency_diagnosis.py \\
+        --config-file projects/SSBStudy/configs/faster_rcnn_SSB_R_50_FPN_small.yaml \\
         --weights output/accuracy_study/runs/SSB-R50/seed1/model_final.pth --output out/diag
 """
 import argparse
 import sys
 
-from ssb_det.analysis.saliency_diagnosis import main
+from ssb_study.saliency_diagnosis import main
 
 
 def parse_args(argv=None):
