@@ -3,7 +3,7 @@
 # backbone from scratch on CPU on the embedded dataset (generated on first use into
 # datasets/ssb_shapes/, or $SSB_DET_DATASETS/ssb_shapes), evaluate it with pycocotools'
 # COCOeval and print the COCO AP table. The quickstart is the accuracy study's regime, shortened
-# (configs/quickstart/, docs/accuracy.md): 320x256 images, quarter-width host, 250 iterations.
+# (configs/quickstart/, projects/SSBStudy/docs/accuracy.md): 320x256 images, quarter-width host, 250 iterations.
 #
 #   bash run_quickstart.sh                      # SSB-R50 alone, 2 threads
 #   bash run_quickstart.sh --with-baseline      # SSB-R50 and its plain-R50 twin side by side,
