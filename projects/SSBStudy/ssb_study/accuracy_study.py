@@ -26,6 +26,7 @@ from ssb_det.analysis.report import part_macs
 
 from .config import load_study_cfg
 from .processes import Job, run_jobs
+from .results import PER_RUN_FIELDS, task_of
 
 __all__ = ["VARIANTS", "INIT_FROM", "EVAL_ONLY", "PAIRS", "Run", "plan_runs", "run_all", "collect",
            "sampling_stats", "paired_difference", "summarize", "format_markdown", "format_csv", "write_plot", "main"]
@@ -487,13 +488,16 @@ def format_markdown(summary: dict) -> str:
 
 
 def format_csv(records: Sequence[dict], costs: Dict[str, dict]) -> str:
+    """One row per run in the schema of the committed ``results/per_seed.csv``
+    (:data:`ssb_study.results.PER_RUN_FIELDS`), so a study's rows append to it as they are;
+    ``table`` and ``label`` stay empty until the run is shown in a docs table."""
     buf = io.StringIO()
-    fields = ["variant", "seed", *METRICS, "density_ratio", "kl", "bottom_up_gmacs",
-              "backbone_gmacs", "latency_ms"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=PER_RUN_FIELDS, extrasaction="ignore",
+                            lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow(dict(r, **costs.get(r["variant"], {})))
+        writer.writerow(dict(r, **costs.get(r["variant"], {}), task=task_of(r["variant"]),
+                             source="run"))
     return buf.getvalue()
 
 

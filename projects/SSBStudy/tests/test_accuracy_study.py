@@ -14,6 +14,7 @@ from ssb_study.accuracy_study import (
     VARIANTS,
     _command,
     collect,
+    format_csv,
     format_markdown,
     paired_difference,
     plan_runs,
@@ -183,6 +184,17 @@ def test_a_metric_cocoeval_leaves_undefined_is_left_out_of_the_summary(tmp_path)
     assert row["AP"]["mean"] == pytest.approx(9.0) and "APm" not in row
     del row["APs"]  # as if no image had small objects either
     assert "| SSB-R50 tiny | 2 | 9.00 ± 1.41 (8.00-10.00) | 18.00 | - |" in format_markdown(summary)
+
+
+def test_the_per_run_csv_has_the_committed_results_schema_so_rows_append_to_it():
+    records = [dict(variant="SSB-R50 tiny", seed=2, AP=8.5, AP50=21.0, APs=8.5,
+                    density_ratio=1.25, kl=0.003)]
+    costs = {"SSB-R50 tiny": dict(bottom_up_gmacs=0.302, backbone_gmacs=0.593, latency_ms=36.1)}
+    header, row, end = format_csv(records, costs).split("\n")
+    with open(os.path.join(PROJECT, "results", "per_seed.csv")) as f:
+        assert header == f.readline().rstrip("\n")
+    assert row == ",,ssb_shapes_tiny,SSB-R50 tiny,2,8.5,21.0,8.5,,1.25,0.003,0.302,0.593,36.1,run"
+    assert end == ""
 
 
 def test_unknown_variant_is_refused_with_the_known_ones():
