@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """A/B of the SSB blocks' memory reuse: SSB-R50 bottom-up with and without it, and R50.
 
 ``SampledStage`` lets an SSB block write its output into an earlier block's output that
@@ -8,19 +9,12 @@ R50-FPN, random weights) interleaved in one process, 1 thread, process CPU time,
 in both orders (see ``ssb_study.recycling_ab``).
 
     .venv/bin/python projects/SSBStudy/recycling_ab.py            # 800x1216, 7 runs each
+
+Thin wrapper over :func:`ssb_study.cli.recycling_ab_main`.
 """
-import argparse
+import sys
 
-from ssb_study.recycling_ab import format_table, recycling_ab
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
-    parser.add_argument("--iters", type=int, default=7, help="timed runs per model and order")
-    args = parser.parse_args(argv)
-    print(format_table(recycling_ab(args.size, args.iters)))
-
+from ssb_study.cli import recycling_ab_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(recycling_ab_main())

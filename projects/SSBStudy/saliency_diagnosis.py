@@ -12,22 +12,12 @@ Example::
     python projects/SSBStudy/saliency_diagnosis.py \\
         --config-file projects/SSBStudy/configs/faster_rcnn_SSB_R_50_FPN_small.yaml \\
         --weights output/accuracy_study/runs/SSB-R50/seed1/model_final.pth --output out/diag
+
+Thin wrapper over :func:`ssb_study.cli.saliency_diagnosis_main`.
 """
-import argparse
 import sys
 
-from ssb_study.saliency_diagnosis import main
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="an SSB detector config")
-    parser.add_argument("--weights", nargs="*", default=[], help="trained checkpoints")
-    parser.add_argument("--images", type=int, default=8, help="training images in the batch")
-    parser.add_argument("--output", default=None, help="write <output>.md and <output>.json")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return parser.parse_args(argv)
-
+from ssb_study.cli import saliency_diagnosis_main
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(saliency_diagnosis_main())

@@ -12,7 +12,7 @@ from ssb_det.analysis.models import build_detector, load_cfg
 from ssb_det.layers import SaliencySampler
 from narrow_host import NARROW_HOST_OPTS  # tests/ is on sys.path, see conftest.py
 
-from batch_dependence import main  # noqa: E402  (the project's command line, see conftest.py)
+from ssb_study.cli import batch_dependence_main as main
 
 SIZE_A, SIZE_B = (64, 96), (96, 160)  # A a multiple of 32: alone, it fills every map
 

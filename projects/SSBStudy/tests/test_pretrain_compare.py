@@ -10,7 +10,7 @@ import yaml
 
 from ssb_study import pretrain_compare as pc
 
-from pretrain_compare import parse_args  # noqa: E402  (the benchmark's own parser)
+from ssb_study.cli import pretrain_compare_args as parse_args
 
 
 def _args(tmp_path, *extra):
