@@ -69,7 +69,8 @@ def add_ssb_config(cfg):
     _C.MODEL.SSB.UNIFORM = False
     # Bound B of the pooled saliency logits: l -> B tanh(l / B), so one grid cell outweighs
     # another by at most exp(2B) and a fast-learning saliency cannot collapse the map onto a
-    # few rows (projects/SSBStudy/docs/accuracy.md). 0: unbounded (the paper's softmax). *(choice)*
+    # few rows (projects/SSBStudy/docs/accuracy.md). 0: unbounded (the paper's softmax).
+    # *(choice)*
     _C.MODEL.SSB.SALIENCY_BOUND = 0.0
     # Where the inverse sampling sits: "after_conv3" (conv3 runs on the small map, the
     # inverse restores 4f channels) or "before_conv3" (the inverse restores the f-channel 3x3
@@ -92,7 +93,8 @@ def add_ssb_config(cfg):
     _C.MODEL.SSB.PADDING_AWARE = True
     # Training: learning rate of the saliency convs relative to SOLVER.BASE_LR. The convs
     # start at zero (uniform sampling) and the map moves only once the pooled logits
-    # spread by several units (projects/SSBStudy/docs/accuracy.md); a factor > 1 lets them get there sooner.
+    # spread by several units (projects/SSBStudy/docs/accuracy.md); a factor > 1 lets them
+    # get there sooner.
     _C.SOLVER.SALIENCY_LR_FACTOR = 1.0
     # Keys that no longer exist: a config that sets one is refused with what to do (by every
     # merge: merge_from_file, merge_from_list, load_config).

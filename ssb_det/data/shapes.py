@@ -108,9 +108,9 @@ _SMALL = dict(width=320, height=256, min_objects=2, max_objects=8, min_size=12.0
 # uniform downsampling leaves an object a few pixels in the sampled maps.
 _TINY = dict(width=320, height=256, min_objects=1, max_objects=3, min_size=8.0,
              max_size=24.0, clutter=3)
-# "single_*": the classification study's canvases (projects/SSBStudy/docs/accuracy.md): one 10-28 px object
-# anywhere on a 128x128 cluttered canvas, labelled by its category, so a classifier must find
-# it first; the clutter per pixel is about that of the study's 320x256 canvases.
+# "single_*": the classification study's canvases (projects/SSBStudy/docs/accuracy.md): one
+# 10-28 px object anywhere on a 128x128 cluttered canvas, labelled by its category, so a
+# classifier must find it first; the clutter per pixel is about that of the study's 320x256 canvases.
 _SINGLE = dict(width=128, height=128, min_objects=1, max_objects=1, min_size=10.0,
                max_size=28.0, clutter=1)
 SPLITS: Dict[str, ShapesSplitSpec] = {

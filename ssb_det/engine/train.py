@@ -13,7 +13,6 @@ checked (or generated) before anything is built, and the AP dict is also written
 import json
 import logging
 import os
-import weakref
 from collections import OrderedDict
 from typing import Callable, Optional
 

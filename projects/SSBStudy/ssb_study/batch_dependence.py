@@ -9,8 +9,8 @@ every batch; ``MODEL.SSB.PADDING_AWARE`` (the default) samples each image within
 :func:`batch_dependence` runs image A alone and batched with a larger image B and measures the
 relative L2 change of A's FPN features on its valid region, of the box head's outputs on fixed
 boxes in A (a detection proxy free of the ranking noise of random-weight proposals) and of the
-SSB sampling rate over A's rows and columns. ``projects/SSBStudy/batch_dependence.py`` is its command
-line.
+SSB sampling rate over A's rows and columns. ``projects/SSBStudy/batch_dependence.py`` is
+its command line.
 """
 import math
 from typing import Dict, List, Sequence, Tuple

@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 
 __all__ = ["accuracy_study_parser", "pretrain_compare_parser", "batch_dependence_parser",
            "saliency_diagnosis_parser", "recycling_ab_parser", "accuracy_study_main",
-           "pretrain_compare_args", "pretrain_compare_main", "batch_dependence_main", "saliency_diagnosis_main",
-           "recycling_ab_main"]
+           "pretrain_compare_args", "pretrain_compare_main", "batch_dependence_main",
+           "saliency_diagnosis_main", "recycling_ab_main"]
 
 
 def _opts(parser, help_text):

@@ -113,16 +113,17 @@ class SaliencySupervisedRCNN(GeneralizedRCNN):
         self.box_saliency_mass = float(box_saliency_mass)
         self.box_saliency_detach = bool(box_saliency_detach)
         if box_saliency_head not in BOX_SALIENCY_HEADS:
-            raise ValueError(f"MODEL.SSB_STUDY.BOX_SALIENCY_HEAD must be one of {BOX_SALIENCY_HEADS}, "
-                             f"got {box_saliency_head!r}")
+            raise ValueError("MODEL.SSB_STUDY.BOX_SALIENCY_HEAD must be one of "
+                             f"{BOX_SALIENCY_HEADS}, got {box_saliency_head!r}")
         self.box_saliency_head = box_saliency_head
         # Hooks registered once; they record nothing outside a training forward of this class.
         if box_saliency_head == "auxiliary":
             positions = sampled_positions(self.backbone, sampling_ratios)
             if not positions:
                 raise ValueError(
-                    'MODEL.SSB_STUDY.BOX_SALIENCY_HEAD "auxiliary" puts its heads on the blocks an SSB '
-                    "network samples (stride 1, MODEL.SSB.RATIOS < 1), and the backbone has none")
+                    'MODEL.SSB_STUDY.BOX_SALIENCY_HEAD "auxiliary" puts its heads on the blocks '
+                    "an SSB network samples (stride 1, MODEL.SSB.RATIOS < 1), and the backbone "
+                    "has none")
             self.aux_saliency = nn.ModuleDict()
             for name, (block, stride, ratio) in positions.items():
                 head = SaliencySampler(block.conv1.out_channels, ratio, **(aux_head or {}))

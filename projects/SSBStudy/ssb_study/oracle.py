@@ -84,7 +84,8 @@ class OracleSamplingRCNN(GeneralizedRCNN):
     def __init__(self, *, oracle_mass: float, test_datasets: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= oracle_mass < 1.0:
-            raise ValueError(f"MODEL.SSB_STUDY.BOX_SALIENCY_MASS must be in [0, 1), got {oracle_mass}")
+            raise ValueError(
+                f"MODEL.SSB_STUDY.BOX_SALIENCY_MASS must be in [0, 1), got {oracle_mass}")
         self.oracle_mass = float(oracle_mass)
         self.test_datasets = tuple(test_datasets)
         samplers = [block.sampler for block in ssb_blocks(self.backbone).values()]

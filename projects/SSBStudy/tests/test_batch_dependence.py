@@ -1,8 +1,6 @@
 """projects/SSBStudy/batch_dependence.py (ssb_study.batch_dependence): the calibration of its
 random saliency, and that its measurements separate padding-aware from padding-unaware
 sampling, on a narrow host and small images."""
-import os
-import sys
 
 import torch
 import torch.nn.functional as F

@@ -1,9 +1,7 @@
 """projects/SSBStudy/pretrain_compare.py (ssb_study.pretrain_compare): classification twins
 trained as separate processes over seeds, resumed, tabulated with paired differences."""
 import json
-import os
 import statistics
-import sys
 
 import pytest
 import yaml
