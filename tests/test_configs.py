@@ -50,7 +50,8 @@ def diff(a, b):
 def test_layout_is_complete():
     expected = {"ssb_r50_fpn_1x.yaml", "Base-SSB-RCNN-FPN.yaml",
                 "quickstart/faster_rcnn_SSB_R_50_FPN_shapes.yaml",
-                "quickstart/faster_rcnn_R_50_FPN_shapes.yaml"}
+                "quickstart/faster_rcnn_R_50_FPN_shapes.yaml",
+                "quickstart/Base-Shapes-FPN-small.yaml"}
     for arch, folder in (("faster_rcnn", "COCO-Detection"),
                          ("mask_rcnn", "COCO-InstanceSegmentation")):
         for backbone in ("R_50", "R_101", "RS_50"):
@@ -59,7 +60,7 @@ def test_layout_is_complete():
                 expected.add(f"{folder}/{arch}_{backbone}_FPN_{sched}.yaml")
         expected.add(f"{folder}/{arch}_SSB_R_50_FPN_1x_res2full.yaml")
     assert expected <= set(DETECTION_CONFIGS), sorted(expected - set(DETECTION_CONFIGS))
-    assert len(DETECTION_CONFIGS) == 30
+    assert len(DETECTION_CONFIGS) == 31
 
 
 @functools.lru_cache(maxsize=None)
