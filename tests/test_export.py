@@ -118,6 +118,7 @@ def test_torchscript_backbone_equals_eager_at_any_size(tmp_path):
         assert_close_relative(wrapper(x), loaded(x), rtol=F64_RTOL)
 
 
+@pytest.mark.slow
 def test_onnx_backbone_equals_eager_at_any_size_in_onnxruntime(backbone, tmp_path):
     example = torch.randn(1, 3, 64, 96)
     path = export_onnx(backbone, example, str(tmp_path / "backbone.onnx"), opset=17)
@@ -271,6 +272,7 @@ def test_dynamic_onnx_adaptive_avg_pool_rule_equals_torch_at_other_sizes(tmp_pat
 
 
 
+@pytest.mark.slow
 def test_torch_export_with_dynamic_size_equals_eager_at_other_sizes(tmp_path):
     wrapper = BackboneExport(float64_peaked(narrow_backbone())).eval()
     example = torch.randn(1, 3, 64, 96, dtype=torch.float64)
@@ -333,6 +335,7 @@ def test_dynamic_onnx_without_onnxscript_says_how_to_install(backbone, monkeypat
         export_onnx_dynamic(backbone, torch.randn(1, 3, 128, 128), "unused.onnx")
 
 
+@pytest.mark.slow
 def test_torch_export_leaves_eager_outputs_unchanged():
     # torch.export traces with fake tensors: a module-level cache filled during export (the
     # Recasens matrices were) held fake tensors, and every later eager call computed garbage.

@@ -108,6 +108,7 @@ def test_detector_count_has_no_unsupported_ops(ssb_cfg):
     assert result.params == sum(p.numel() for p in detector.parameters())
 
 
+@pytest.mark.slow
 def test_analyze_cli_writes_markdown_and_csv(tmp_path):
     assert analyze_main(["--size", str(H), str(W), "--no-detector",
                          "--output", str(tmp_path / "a")]) == 0

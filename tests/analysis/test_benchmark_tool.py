@@ -67,6 +67,7 @@ def _argv(tmp_path, *extra):
             "--chart", str(tmp_path / "chart.png"), "--output", str(tmp_path / "bench"), *extra]
 
 
+@pytest.mark.slow
 def test_benchmark_runs_one_tiny_iteration_and_writes_reports(tmp_path, capsys):
     assert benchmark_main(_argv(tmp_path)) == 0
     text = (tmp_path / "bench.md").read_text()
