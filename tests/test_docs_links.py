@@ -1,5 +1,6 @@
-"""Every relative link in the README and docs/ leads somewhere: the file exists and, for a
-``#section`` of a Markdown file, that file has a heading GitHub gives that anchor."""
+"""Every relative link in the README, docs/ and the projects' pages (``projects/*/README.md``,
+``projects/*/docs/*.md``) leads somewhere: the file exists and, for a ``#section`` of a
+Markdown file, that file has a heading GitHub gives that anchor."""
 import glob
 import os
 import re
@@ -7,7 +8,10 @@ import re
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(
+    glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    + glob.glob(os.path.join(ROOT, "projects", "*", "README.md"))
+    + glob.glob(os.path.join(ROOT, "projects", "*", "docs", "*.md")))
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -45,6 +49,13 @@ def _broken_links(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: os.path.relpath(p, ROOT))
 def test_relative_links_resolve(page):
     assert _broken_links(page) == []
+
+
+def test_the_projects_pages_are_among_those_checked():
+    # A project's pages link across three levels (../../../docs/X.md): a glob that misses
+    # them would let those links rot unseen.
+    pages = {os.path.relpath(p, ROOT) for p in PAGES}
+    assert {"projects/SSBStudy/README.md", "projects/SSBStudy/docs/accuracy.md"} <= pages
 
 
 def test_the_link_rules_by_hand(tmp_path):
