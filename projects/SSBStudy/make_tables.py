@@ -10,11 +10,11 @@ Examples::
     python projects/SSBStudy/make_tables.py                                   # print them
     python projects/SSBStudy/make_tables.py --check projects/SSBStudy/docs/accuracy.md
 
-Thin wrapper over :func:`ssb_study.results.make_tables_main`.
+Thin wrapper over :func:`ssb_study.cli.make_tables_main`.
 """
 import sys
 
-from ssb_study.results import make_tables_main
+from ssb_study.cli import make_tables_main
 
 if __name__ == "__main__":
     sys.exit(make_tables_main())

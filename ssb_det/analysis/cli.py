@@ -191,16 +191,18 @@ def benchmark_main(argv=None) -> int:
     return 0
 
 
-def visualize_main(argv=None) -> int:
+def visualize_main(argv=None, defaults=None) -> int:
     """``tools/visualize_sampling.py``: per-block sampling PNGs and a montage.
 
     Args:
         argv (list[str] or None): command-line arguments (None: ``sys.argv[1:]``).
+        defaults (CfgNode or None): config defaults with a project's own keys (see
+            :func:`~ssb_det.analysis.models.load_cfg`); None: the library's.
     """
     args = visualize_parser().parse_args(argv)
     from .visualize import STATE_TEXT, visualize_sampling
 
-    cfg = load_cfg(args.config_file, args.opts)
+    cfg = load_cfg(args.config_file, args.opts, defaults=defaults)
     out = visualize_sampling(cfg, args.input, args.output, weights=args.weights,
                              dpi=args.dpi, palette=args.palette)
     print(f"{STATE_TEXT[out['state']]}; wrote {len(out['files'])} PNGs to {args.output}:")

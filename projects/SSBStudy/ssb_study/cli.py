@@ -2,12 +2,14 @@
 calls ``X_main()``, as the library's ``tools/X.py`` call ``ssb_det``'s (one convention)."""
 import argparse
 import os
+import sys
 from typing import Optional, Sequence
 
 __all__ = ["accuracy_study_parser", "pretrain_compare_parser", "batch_dependence_parser",
            "saliency_diagnosis_parser", "recycling_ab_parser", "accuracy_study_main",
            "pretrain_compare_args", "pretrain_compare_main", "batch_dependence_main",
-           "saliency_diagnosis_main", "recycling_ab_main"]
+           "saliency_diagnosis_main", "recycling_ab_main", "make_tables_parser",
+           "make_tables_main", "visualize_sampling_main"]
 
 
 def _opts(parser, help_text):
@@ -154,3 +156,44 @@ def recycling_ab_main(argv: Optional[Sequence[str]] = None) -> int:
     args = recycling_ab_parser().parse_args(argv)
     print(format_table(recycling_ab(args.size, args.iters)))
     return 0
+
+
+def make_tables_parser() -> argparse.ArgumentParser:
+    from .results import RESULTS_DIR
+
+    parser = argparse.ArgumentParser(
+        description="The Markdown tables of docs/accuracy.md, generated from the study's CSV "
+                    "results; --check FILE verifies that each appears verbatim in FILE.")
+    parser.add_argument("--results", default=RESULTS_DIR, help="folder of the CSV files")
+    parser.add_argument("--check", metavar="FILE",
+                        help="exit 1, naming them, if generated tables are not in FILE verbatim")
+    return parser
+
+
+def make_tables_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``projects/SSBStudy/make_tables.py``: print the tables, or check a page against them."""
+    from .results import generate_tables, missing_tables
+
+    args = make_tables_parser().parse_args(argv)
+    tables = generate_tables(args.results)
+    if not args.check:
+        for name, table in tables:
+            print(f"<!-- {name} -->\n{table}")
+        return 0
+    with open(args.check, encoding="utf-8") as f:
+        missing = missing_tables(tables, f.read())
+    for name in missing:
+        print(f"make_tables: {name} is not in {args.check} as generated", file=sys.stderr)
+    found = len(tables) - len(missing)
+    print(f"make_tables: {found} of {len(tables)} tables found in {args.check}")
+    return 1 if missing else 0
+
+
+def visualize_sampling_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``projects/SSBStudy/visualize_sampling.py``: the library's ``tools/visualize_sampling.py``
+    on the study's configs (its keys and meta-architectures known)."""
+    from ssb_det.analysis.cli import visualize_main
+
+    from .config import study_defaults
+
+    return visualize_main(argv, defaults=study_defaults())

@@ -21,14 +21,12 @@ study without parsing Markdown:
 - ``sampling_at_boxes.csv``, ``oracle_zoom.csv``: the sampling density at the ground-truth
   box centres per block / per oracle; ``classification.csv``: the classification runs.
 """
-import argparse
 import csv
 import os
-import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 __all__ = ["RESULTS_DIR", "PER_RUN_FIELDS", "task_of", "read_results", "generate_tables",
-           "missing_tables", "make_tables_parser", "make_tables_main"]
+           "missing_tables"]
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 # One run's row: where it is shown (docs table id, row label; empty for a run not yet in the
@@ -209,30 +207,3 @@ def missing_tables(tables: Sequence[Tuple[str, str]], text: str) -> List[str]:
     """The names of the tables that do not appear verbatim (whole lines) in ``text``."""
     padded = "\n" + text if text.endswith("\n") else "\n" + text + "\n"
     return [name for name, table in tables if "\n" + table not in padded]
-
-
-def make_tables_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="The Markdown tables of docs/accuracy.md, generated from the study's CSV "
-                    "results; --check FILE verifies that each appears verbatim in FILE.")
-    parser.add_argument("--results", default=RESULTS_DIR, help="folder of the CSV files")
-    parser.add_argument("--check", metavar="FILE",
-                        help="exit 1, naming them, if generated tables are not in FILE verbatim")
-    return parser
-
-
-def make_tables_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``projects/SSBStudy/make_tables.py``: print the tables, or check a page against them."""
-    args = make_tables_parser().parse_args(argv)
-    tables = generate_tables(args.results)
-    if not args.check:
-        for name, table in tables:
-            print(f"<!-- {name} -->\n{table}")
-        return 0
-    with open(args.check, encoding="utf-8") as f:
-        missing = missing_tables(tables, f.read())
-    for name in missing:
-        print(f"make_tables: {name} is not in {args.check} as generated", file=sys.stderr)
-    found = len(tables) - len(missing)
-    print(f"make_tables: {found} of {len(tables)} tables found in {args.check}")
-    return 1 if missing else 0
