@@ -18,7 +18,7 @@ from detectron2.config import get_cfg
 
 __all__ = ["add_ssb_config", "load_config", "HOSTS"]
 
-HOSTS = ("resnet", "resnet-rs")
+HOSTS = ("resnet", "resnet-rs", "botnet")
 
 
 def add_ssb_config(cfg):

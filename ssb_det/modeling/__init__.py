@@ -1,5 +1,6 @@
-"""SSB-ResNet blocks, Detectron2 backbones and meta-architecture (registered on import)."""
+"""SSB-ResNet and SSB-BoTNet blocks, Detectron2 backbones and meta-architecture (registered on import)."""
 from .blocks import RSBottleneckBlock, SSBBottleneckBlock
+from .bot_blocks import BoTBlock, SSBBoTBlock
 from .stems import DeepLabStem, RSStem
 from .backbone import (
     BLOCKS_PER_STAGE,
@@ -16,10 +17,12 @@ from .oracle import OracleSamplingRCNN
 
 __all__ = [
     "BLOCKS_PER_STAGE",
+    "BoTBlock",
     "DeepLabStem",
     "OracleSamplingRCNN",
     "RSBottleneckBlock",
     "RSStem",
+    "SSBBoTBlock",
     "SSBBottleneckBlock",
     "SSBResNet",
     "SaliencySupervisedRCNN",
