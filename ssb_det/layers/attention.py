@@ -61,7 +61,10 @@ class RelPosSelfAttention2d(nn.Module):
         if max_span < 1:
             raise ValueError(f"max_span must be >= 1, got {max_span}")
         self.num_heads, self.max_span, self.span_name = num_heads, int(max_span), span_name
-        d = channels // num_heads
+        # Python numbers, not sizes read from the input: a trace would compute the scale in
+        # float32 from a traced size.
+        self.head_dim = d = channels // num_heads
+        self.scale = d ** -0.5
         self.qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1, bias=False)
         self.rel_h = nn.Parameter(torch.empty(2 * max_span - 1, d))
         self.rel_w = nn.Parameter(torch.empty(2 * max_span - 1, d))
@@ -85,10 +88,9 @@ class RelPosSelfAttention2d(nn.Module):
             raise ValueError(
                 f"attention over a {int(H)}x{int(W)} map: the relative position tables span "
                 f"at most {self.max_span} rows and columns; raise {self.span_name}")
-        heads = self.num_heads
-        d = C // heads
+        heads, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).reshape(N, 3, heads, d, H * W).unbind(1)  # (N, heads, d, HW)
-        q = q.transpose(2, 3) * d ** -0.5  # (N, heads, HW, d)
+        q = q.transpose(2, 3) * self.scale  # (N, heads, HW, d)
         rows, cols = relative_logits(q.reshape(N, heads, H, W, d), self.rel_h, self.rel_w)
         # In place: the logits are the largest tensor of the layer (matmul's backward needs
         # its inputs only).
@@ -100,4 +102,4 @@ class RelPosSelfAttention2d(nn.Module):
             logits.masked_fill_(outside, torch.finfo(logits.dtype).min)
         weights = logits.softmax(dim=-1)
         # (N, heads, d, HW) @ (N, heads, HW_keys, HW_queries): channels stay first.
-        return (v @ weights.transpose(2, 3)).reshape(N, C, H, W)
+        return (v @ weights.transpose(2, 3)).reshape(N, heads * d, H, W)
