@@ -60,6 +60,13 @@ def test_bot50_is_r50_with_bot_blocks_in_res5_and_ssb_bot50_samples_every_stage(
     assert bot.output_shape() == r50.output_shape()
 
 
+@pytest.mark.parametrize("depth", [101, 152, 200])
+def test_every_resnet_depth_builds_with_the_botnet_host(depth):
+    model = _model(depth=depth, enabled=False)
+    assert [len(s) for s in model.stages] == ssb_det.modeling.BLOCKS_PER_STAGE[depth]
+    assert _types(model.res5) == [BoTBlock] * 3
+
+
 @pytest.mark.parametrize("depth,blocks", [(59, [3, 4, 6, 6]), (77, [3, 4, 6, 12]),
                                           (110, [3, 4, 23, 6]), (128, [3, 4, 23, 12])])
 def test_botnet_s1_depths_keep_c5_at_stride_16(depth, blocks):
