@@ -602,3 +602,15 @@ def test_ssb_bot_torch_export_with_dynamic_size_equals_eager_at_other_sizes(ssb_
         for size in ((256, 128), (128, 128), (160, 224)):
             x = torch.randn(1, 3, *size, dtype=torch.float64, generator=gen)
             assert_close_relative(ssb_bot_backbone(x), program(x), rtol=F64_RTOL)
+
+
+def test_ssb_bot_onnx_equals_eager_at_any_size_in_onnxruntime(tmp_path):
+    wrapper = BackboneExport(narrow_backbone(host="botnet")).eval()
+    path = export_onnx(wrapper, torch.randn(1, 3, 64, 96), str(tmp_path / "bot.onnx"), opset=17)
+    onnx.checker.check_model(onnx.load(path))
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(1, 3, *size, generator=gen) for size in ((64, 96),) + OTHER_SIZES]
+    inputs.append(padded_batch((96, 128), (70, 100), gen)[1:])
+    with torch.no_grad():
+        for x in inputs:  # float32 (onnxruntime has no float64 Conv): ~1e-6 relative
+            assert_close_relative(wrapper(x), run_onnx(path, x), rtol=1e-5)
