@@ -14,7 +14,7 @@ from fvcore.nn import weight_init
 
 from ..layers import DropPath, RelPosSelfAttention2d, SaliencySampler, sampled_size
 
-__all__ = ["BoTBlock", "SSBBoTBlock"]
+__all__ = ["BoTBlock", "SSBBoTBlock", "learned_ssb_bot_blocks"]
 
 
 def _pool_region(y: torch.Tensor, valid_size: Optional[torch.Tensor]) -> torch.Tensor:
@@ -144,3 +144,10 @@ class SSBBoTBlock(BoTBlock):
         if self.stride > 1:  # sampled to the output size: nothing to restore
             return F.relu_(out + self.project(x))
         return grid.inverse_add_relu(out, self.project(x))
+
+
+def learned_ssb_bot_blocks(model: torch.nn.Module):
+    """``{name: block}`` of the SSB-BoT blocks of ``model`` with a learned saliency, named by
+    stage and index (``"res5.1"``) as :func:`~ssb_det.modeling.blocks.ssb_blocks` names."""
+    return {".".join(name.split(".")[-2:]): m for name, m in model.named_modules()
+            if isinstance(m, SSBBoTBlock) and not m.sampler.uniform}
