@@ -578,16 +578,24 @@ def ssb_bot_backbone():
     return BackboneExport(float64_peaked(narrow_backbone(host="botnet"))).eval()
 
 
-def test_ssb_bot_trace_equals_eager_at_any_size_and_padding(ssb_bot_backbone):
-    traced = export_torchscript(ssb_bot_backbone, torch.randn(2, 3, 64, 96, dtype=torch.float64))
+@pytest.mark.parametrize("enabled", [True, False])
+def test_bot_trace_equals_eager_at_any_size_and_padding(ssb_bot_backbone, enabled):
+    # SSB-BoT50, and its BoT50 twin (whose strided block pools over each image's region).
+    wrapper = ssb_bot_backbone
+    if not enabled:
+        torch.manual_seed(0)
+        wrapper = BackboneExport(ssb_resnet(depth=50, host="botnet", enabled=False, norm="BN",
+                                            stem_out_channels=8, res2_out_channels=16,
+                                            width_per_group=4).double().eval()).eval()
+    traced = export_torchscript(wrapper, torch.randn(2, 3, 64, 96, dtype=torch.float64))
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for size in ((64, 96),) + OTHER_SIZES:
             x = torch.randn(2, 3, *size, dtype=torch.float64, generator=gen)
-            assert_close_relative(ssb_bot_backbone(x), traced(x), rtol=F64_RTOL)
+            assert_close_relative(wrapper(x), traced(x), rtol=F64_RTOL)
         # The attention's key mask follows each image's region, inferred at run time.
         x = padded_batch((96, 128), (70, 100), gen, torch.float64)
-        assert_close_relative(ssb_bot_backbone(x), traced(x), rtol=F64_RTOL)
+        assert_close_relative(wrapper(x), traced(x), rtol=F64_RTOL)
 
 
 def test_ssb_bot_torch_export_with_dynamic_size_equals_eager_at_other_sizes(ssb_bot_backbone,

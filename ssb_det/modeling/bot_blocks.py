@@ -13,6 +13,7 @@ from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 from fvcore.nn import weight_init
 
 from ..layers import DropPath, RelPosSelfAttention2d, SaliencySampler, sampled_size
+from ..layers.attention import key_mask
 
 __all__ = ["BoTBlock", "SSBBoTBlock", "learned_ssb_bot_blocks"]
 
@@ -25,9 +26,7 @@ def _pool_region(y: torch.Tensor, valid_size: Optional[torch.Tensor]) -> torch.T
     if valid_size is None:
         return F.avg_pool2d(y, **pool)
     H, W = y.shape[-2:]
-    rows = torch.arange(H, device=y.device) < valid_size[:, :1]
-    cols = torch.arange(W, device=y.device) < valid_size[:, 1:]
-    inside = (rows[:, None, :, None] & cols[:, None, None, :]).to(y.dtype)
+    inside = key_mask(valid_size, H, W).view(-1, 1, H, W).to(y.dtype)
     return F.avg_pool2d(y * inside, **pool) / F.avg_pool2d(inside, **pool).clamp(min=1e-6)
 
 
