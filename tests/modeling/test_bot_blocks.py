@@ -116,3 +116,15 @@ def test_ssb_bot_block_trains():
     for name, p in block.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert block.sampler.saliency_conv.weight.grad.abs().sum() > 0
+
+
+def test_strided_ssb_bot_with_zero_saliency_pools_before_attending():
+    # Uniform sampling to exactly half of an even size is the 2x2 average: at initialisation
+    # the strided SSB-BoT block is the strided BoT block with the pooling moved before the
+    # attention.
+    block = _block(SSBBoTBlock, stride=2)
+    x = torch.randn(2, 16, 8, 12, dtype=torch.float64)
+    with torch.no_grad():
+        b = block.attn(F.avg_pool2d(F.relu(block.conv1(x)), 2))
+        want = F.relu(block.conv3(F.relu(block.attn_norm(b))) + block.shortcut(x))
+        torch.testing.assert_close(block(x), want, rtol=1e-10, atol=1e-10)
