@@ -18,7 +18,7 @@ from detectron2.config import get_cfg
 
 __all__ = ["add_ssb_config", "load_config", "HOSTS", "REMOVED_KEYS"]
 
-HOSTS = ("resnet", "resnet-rs")
+HOSTS = ("resnet", "resnet-rs", "botnet")
 
 # key -> (what became of it, what to do), for the error that a config setting it gets.
 REMOVED_KEYS = {
@@ -50,7 +50,10 @@ def add_ssb_config(cfg):
     # Host network: "resnet" (Detectron2's ResNet: 7x7 stem + max-pool, strided 1x1
     # shortcut) or "resnet-rs" (deep 3x3 stem with a stride-2 conv instead of the max-pool,
     # ResNet-D avg-pool shortcut, squeeze-excitation). ResNet-RS strides the 3x3 conv, so
-    # it requires MODEL.RESNETS.STRIDE_IN_1X1 = False.
+    # it requires MODEL.RESNETS.STRIDE_IN_1X1 = False. "botnet": Detectron2's ResNet whose
+    # res5 blocks are BoTNet's (global multi-head self-attention with relative position
+    # logits in place of the 3x3; SSB-BoT blocks, sampled, where res5's ratio is < 1; the
+    # BoTNet-S1 depths 59/77/110/128 with MODEL.RESNETS.RES5_DILATION 2, c5 at stride 16).
     _C.MODEL.SSB.HOST = "resnet"
     # Sampling ratio r per stage res2..res5: each stride-1 block of a stage with r < 1 runs
     # its 3x3 on a round(r*H) x round(r*W) map. r = 1 keeps ordinary blocks. *(choice)*
@@ -76,6 +79,10 @@ def add_ssb_config(cfg):
     # inverse restores 4f channels) or "before_conv3" (the inverse restores the f-channel 3x3
     # output, conv3 runs at full size). *(choice; default picked by benchmark)*
     _C.MODEL.SSB.INVERSE_POSITION = "after_conv3"
+    # Largest number of rows or columns of a map the "botnet" host's attention runs on: its
+    # relative position tables span this many offsets each way and are sliced for smaller
+    # maps (128 at stride 16 covers 2048 px, before sampling). Larger maps are refused.
+    _C.MODEL.SSB.ATTENTION_SPAN = 128
     # Squeeze-excitation ratio of the "resnet-rs" host (hidden = ratio * block output
     # channels); 0 disables. The plain "resnet" host has no SE and ignores it.
     _C.MODEL.SSB.SE_RATIO = 0.25

@@ -1,5 +1,7 @@
 """Every shipped detection config builds and runs one CPU forward; twins differ as documented."""
 import functools
+import json
+import math
 import glob
 import os
 
@@ -10,7 +12,7 @@ from detectron2.modeling import build_model
 
 import ssb_det
 from ssb_det.engine import setup
-from ssb_det.modeling import SSBBottleneckBlock
+from ssb_det.modeling import BoTBlock, SSBBoTBlock, SSBBottleneckBlock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -59,8 +61,12 @@ def test_layout_is_complete():
                 expected.add(f"{folder}/{arch}_SSB_{backbone}_FPN_{sched}.yaml")
                 expected.add(f"{folder}/{arch}_{backbone}_FPN_{sched}.yaml")
         expected.add(f"{folder}/{arch}_SSB_R_50_FPN_1x_res2full.yaml")
+        expected.add(f"{folder}/{arch}_SSB_BoT_50_FPN_1x.yaml")
+        expected.add(f"{folder}/{arch}_BoT_50_FPN_1x.yaml")
+    expected.add("quickstart/faster_rcnn_SSB_BoT_50_FPN_shapes.yaml")
+    expected.add("quickstart/faster_rcnn_BoT_50_FPN_shapes.yaml")
     assert expected <= set(DETECTION_CONFIGS), sorted(expected - set(DETECTION_CONFIGS))
-    assert len(DETECTION_CONFIGS) == 31
+    assert len(DETECTION_CONFIGS) == 37
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,14 +83,15 @@ def _forward_outputs(model_dump):
     with torch.no_grad():
         out = model([{"image": image, "height": 48, "width": 64}])
     n_ssb = sum(isinstance(m, SSBBottleneckBlock) for m in model.modules())
-    return out, n_ssb, type(model.backbone.bottom_up.stem).__name__
+    bot = [type(b) for b in model.backbone.bottom_up.res5 if isinstance(b, BoTBlock)]
+    return out, n_ssb, type(model.backbone.bottom_up.stem).__name__, bot
 
 
 @pytest.mark.parametrize("name", BUILDABLE)
 def test_config_builds_and_runs_one_forward(name):
     cfg = load_cfg(name)
     # 1x and 3x configs of one model share the built model (the MODEL node is the key).
-    out, n_ssb, stem = _forward_outputs(cfg.MODEL.dump())
+    out, n_ssb, stem, bot = _forward_outputs(cfg.MODEL.dump())
     assert len(out) == 1
     inst = out[0]["instances"]
     assert inst.image_size == (48, 64)
@@ -96,8 +103,13 @@ def test_config_builds_and_runs_one_forward(name):
     # Stride-1 blocks of sampled stages (ratio < 1) are SSB blocks in SSB configs, none in
     # twins: all of res2 (its first block has stride 1), all but the strided first of res3-res5.
     stride1 = {50: (3, 3, 5, 2), 101: (3, 3, 22, 2)}[cfg.MODEL.RESNETS.DEPTH]
-    expected = sum(n for n, r in zip(stride1, cfg.MODEL.SSB.RATIOS) if r < 1.0)
+    botnet = cfg.MODEL.SSB.HOST == "botnet"
+    stages = stride1[:3] if botnet else stride1  # the botnet host's res5 is BoT blocks
+    expected = sum(n for n, r in zip(stages, cfg.MODEL.SSB.RATIOS) if r < 1.0)
     assert n_ssb == (expected if cfg.MODEL.SSB.ENABLED else 0)
+    # The botnet host: all three res5 blocks attend, sampled (SSB-BoT) unless the twin.
+    sampled_res5 = cfg.MODEL.SSB.ENABLED and cfg.MODEL.SSB.RATIOS[3] < 1.0
+    assert bot == ([SSBBoTBlock if sampled_res5 else BoTBlock] * 3 if botnet else [])
     assert stem == ("RSStem" if cfg.MODEL.SSB.HOST == "resnet-rs" else "BasicStem")
 
 
@@ -107,7 +119,7 @@ def test_baseline_twin_differs_only_in_ssb_enabled(name):
                         os.path.basename(name).replace("rcnn_", "rcnn_SSB_", 1))
     differences = diff(load_cfg(twin), load_cfg(name))
     if name.startswith("quickstart/"):  # each quickstart run has its own output folder
-        assert differences.pop("OUTPUT_DIR")[1].endswith("faster_rcnn_R_50_FPN_shapes")
+        assert differences.pop("OUTPUT_DIR")[1].endswith(os.path.basename(name)[:-len(".yaml")])
     assert differences == {"MODEL.SSB.ENABLED": (True, False)}
 
 
@@ -195,3 +207,36 @@ def test_weights_with_other_input_conventions_are_refused(tmp_path):
     atomic_torch_save({"model": {}}, str(tmp_path / "plain.pth"))
     check_weights_conventions(load_cfg("ssb_r50_fpn_1x.yaml",
                                        ["MODEL.WEIGHTS", str(tmp_path / "plain.pth")]))
+
+
+@pytest.mark.parametrize("name", [c for c in BUILDABLE if "BoT_50" in c])
+def test_botnet_configs_train_a_few_iterations(name, tmp_path):
+    # The config itself (narrow host, the tests' mini split at 144x192, no COCO weights):
+    # two iterations through Detectron2's trainer, every attention getting gradients.
+    from detectron2.engine import default_argument_parser
+
+    from narrow_host import NARROW_HOST_OPTS
+    from ssb_det.data import CATEGORIES
+    from ssb_det.engine import Trainer
+
+    args = default_argument_parser().parse_args([
+        "--config-file", os.path.join(CONFIG_DIR, name), *NARROW_HOST_OPTS,
+        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+        "DATASETS.TRAIN", "('ssb_shapes_mini_train',)", "DATASETS.TEST", "()",
+        "MODEL.ROI_HEADS.NUM_CLASSES", str(len(CATEGORIES)), "INPUT.MIN_SIZE_TRAIN", "(144,)",
+        "INPUT.MAX_SIZE_TRAIN", "192", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
+        "SOLVER.BASE_LR", "0.001", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(setup(args))
+    trainer.resume_or_load(resume=False)
+    res5 = trainer.model.backbone.bottom_up.res5
+    before = [b.attn.qkv.weight.detach().clone() for b in res5]
+    trainer.train()
+    assert all(isinstance(b, BoTBlock) for b in res5)
+    for b, w in zip(res5, before):
+        assert not torch.equal(b.attn.qkv.weight, w)  # trained
+    with open(os.path.join(str(tmp_path), "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if "total_loss" in line]
+    assert [r["iteration"] for r in rows][-1] == 1
+    assert all(math.isfinite(r["total_loss"]) for r in rows)

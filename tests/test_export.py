@@ -570,3 +570,58 @@ def test_a_failed_export_keeps_the_previous_file_and_leaves_no_temporary(backbon
         export_onnx(backbone, torch.randn(1, 3, 64, 64), str(path))
     assert path.read_bytes() == b"the previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["backbone.onnx"]
+
+
+# ------------------------------------------------------------------- the "botnet" host
+
+
+@pytest.fixture(scope="module")
+def ssb_bot_backbone():
+    """SSB-BoT50, narrow, float64 with peaked saliencies (res2-res5 sampled)."""
+    return BackboneExport(float64_peaked(narrow_backbone(host="botnet"))).eval()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_bot_trace_equals_eager_at_any_size_and_padding(ssb_bot_backbone, enabled):
+    # SSB-BoT50, and its BoT50 twin (whose strided block pools over each image's region).
+    wrapper = ssb_bot_backbone
+    if not enabled:
+        torch.manual_seed(0)
+        wrapper = BackboneExport(ssb_resnet(depth=50, host="botnet", enabled=False, norm="BN",
+                                            stem_out_channels=8, res2_out_channels=16,
+                                            width_per_group=4).double().eval()).eval()
+    traced = export_torchscript(wrapper, torch.randn(2, 3, 64, 96, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for size in ((64, 96),) + OTHER_SIZES:
+            x = torch.randn(2, 3, *size, dtype=torch.float64, generator=gen)
+            assert_close_relative(wrapper(x), traced(x), rtol=F64_RTOL)
+        # The attention's key mask follows each image's region, inferred at run time.
+        x = padded_batch((96, 128), (70, 100), gen, torch.float64)
+        assert_close_relative(wrapper(x), traced(x), rtol=F64_RTOL)
+
+
+def test_ssb_bot_torch_export_with_dynamic_size_equals_eager_at_other_sizes(ssb_bot_backbone,
+                                                                            tmp_path):
+    # Example 128x192: res5's sampled maps are 2x3 there; a 1-line example axis would be
+    # specialised to 1 by torch.export.
+    path = str(tmp_path / "ssb_bot.pt2")
+    export_program(ssb_bot_backbone, torch.randn(1, 3, 128, 192, dtype=torch.float64), path)
+    program = torch.export.load(path).module()
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for size in ((256, 128), (128, 128), (160, 224)):
+            x = torch.randn(1, 3, *size, dtype=torch.float64, generator=gen)
+            assert_close_relative(ssb_bot_backbone(x), program(x), rtol=F64_RTOL)
+
+
+def test_ssb_bot_onnx_equals_eager_at_any_size_in_onnxruntime(tmp_path):
+    wrapper = BackboneExport(narrow_backbone(host="botnet")).eval()
+    path = export_onnx(wrapper, torch.randn(1, 3, 64, 96), str(tmp_path / "bot.onnx"), opset=17)
+    onnx.checker.check_model(onnx.load(path))
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(1, 3, *size, generator=gen) for size in ((64, 96),) + OTHER_SIZES]
+    inputs.append(padded_batch((96, 128), (70, 100), gen)[1:])
+    with torch.no_grad():
+        for x in inputs:  # float32 (onnxruntime has no float64 Conv): ~1e-6 relative
+            assert_close_relative(wrapper(x), run_onnx(path, x), rtol=1e-5)

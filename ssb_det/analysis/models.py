@@ -88,11 +88,13 @@ def baseline_twin(cfg):
 
 
 def cfg_label(cfg) -> str:
-    """Short human name of a config's backbone, e.g. ``SSB-R50-FPN`` or ``R50-FPN``."""
+    """Short human name of a config's backbone, e.g. ``SSB-R50-FPN``, ``R50-FPN`` or
+    ``SSB-BoT50-FPN``."""
     name = cfg.MODEL.BACKBONE.NAME
     ssb = name in SSB_BACKBONE_NAMES and cfg.MODEL.SSB.ENABLED
-    rs = name in SSB_BACKBONE_NAMES and cfg.MODEL.SSB.HOST == "resnet-rs"
-    label = ("SSB-" if ssb else "") + ("RS" if rs else "R") + str(cfg.MODEL.RESNETS.DEPTH)
+    host = cfg.MODEL.SSB.HOST if name in SSB_BACKBONE_NAMES else "resnet"
+    prefix = {"resnet-rs": "RS", "botnet": "BoT"}.get(host, "R")
+    label = ("SSB-" if ssb else "") + prefix + str(cfg.MODEL.RESNETS.DEPTH)
     return label + ("-FPN" if "fpn" in name else "")
 
 

@@ -1,4 +1,4 @@
-"""Log how far each SSB block's learned sampling is from uniform while training.
+"""Log how far each SSB (and SSB-BoT) block's learned sampling is from uniform while training.
 
 :func:`sampling_statistics_logged` puts forward hooks on a model's saliency samplers for
 the duration of a ``with`` block; each training-mode forward then adds ``ssb/<block>/kl``
@@ -16,6 +16,7 @@ from detectron2.utils.events import get_event_storage
 
 from ..layers.sampling_stats import separable_statistics
 from ..modeling.blocks import learned_ssb_blocks
+from ..modeling.bot_blocks import learned_ssb_bot_blocks
 
 __all__ = ["sampling_statistics_logged", "SamplingStatsHook"]
 
@@ -23,8 +24,9 @@ __all__ = ["sampling_statistics_logged", "SamplingStatsHook"]
 @contextlib.contextmanager
 def sampling_statistics_logged(model: torch.nn.Module):
     """Within the block, training forwards of ``model`` log its sampling statistics."""
+    blocks = {**learned_ssb_blocks(model), **learned_ssb_bot_blocks(model)}
     handles = [block.sampler.register_forward_hook(_logger(name))
-               for name, block in learned_ssb_blocks(model).items()]
+               for name, block in blocks.items()]
     try:
         yield
     finally:

@@ -2,9 +2,11 @@
 
 ``tensor_ops`` (dtype and in-place helpers) <- ``sampling_maps`` (pure map maths) <-
 ``resample`` (CPU resampling kernels) <- ``grid`` (the :class:`Grid` interface) <-
-``sampler`` (the :class:`SaliencySampler` module); ``misc``: SE and drop path;
+``sampler`` (the :class:`SaliencySampler` module); ``attention``: BoTNet's
+multi-head self-attention with relative position logits; ``misc``: SE and drop path;
 ``sampling_stats``: how far a map is from uniform.
 """
+from .attention import RelPosSelfAttention2d
 from .grid import Grid, SeparableGrid
 from .misc import DropPath, SaliencyConv, SqueezeExcitation
 from .sampler import SaliencySampler

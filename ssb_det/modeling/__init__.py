@@ -1,5 +1,6 @@
-"""SSB-ResNet blocks and Detectron2 backbones (registered on import)."""
+"""SSB-ResNet and SSB-BoTNet blocks and Detectron2 backbones (registered on import)."""
 from .blocks import RSBottleneckBlock, SSBBottleneckBlock
+from .bot_blocks import BoTBlock, SSBBoTBlock
 from .stems import DeepLabStem, RSStem
 from .backbone import (
     BLOCKS_PER_STAGE,
@@ -14,9 +15,11 @@ from .backbone import (
 
 __all__ = [
     "BLOCKS_PER_STAGE",
+    "BoTBlock",
     "DeepLabStem",
     "RSBottleneckBlock",
     "RSStem",
+    "SSBBoTBlock",
     "SSBBottleneckBlock",
     "SSBResNet",
     "build_ssb_resnet_backbone",

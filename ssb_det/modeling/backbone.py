@@ -1,4 +1,4 @@
-"""SSB-ResNet(-RS) backbones on Detectron2's ``ResNet``, and their FPN twins.
+"""SSB-ResNet(-RS) and SSB-BoTNet backbones on Detectron2's ``ResNet``, and their FPN twins.
 
 ``ssb_resnet(...)`` is the one constructor: the config builders, the LazyConfig twin and the
 classification-pretraining model all call it. Stages are assembled with
@@ -20,10 +20,12 @@ from ..config import HOSTS
 from ..layers import as_grid_tensor, grid_dtype, sole_reference
 from . import blocks as _blocks
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
+from .bot_blocks import BoTBlock, SSBBoTBlock
 from .stems import DeepLabStem, RSStem
 
 __all__ = [
     "BLOCKS_PER_STAGE",
+    "BOTNET_S1_BLOCKS_PER_STAGE",
     "SSBResNet",
     "SampledStage",
     "image_sizes_from_padding",
@@ -42,6 +44,20 @@ BLOCKS_PER_STAGE = {
     152: [3, 8, 36, 3],
     200: [3, 24, 36, 3],
 }
+
+# The BoTNet-S1 family (Srinivas et al. 2021, Table 13: T3 = S1-59, T6 = S1-77, T4 = S1-110,
+# T5/T7 = S1-128): every c5 block is a BoT block; host "botnet" only, c5 at stride 1 with
+# MODEL.RESNETS.RES5_DILATION 2. The "botnet" host also builds every depth above (BoT50, ...).
+BOTNET_S1_BLOCKS_PER_STAGE = {
+    59: [3, 4, 6, 6],
+    77: [3, 4, 6, 12],
+    110: [3, 4, 23, 6],
+    128: [3, 4, 23, 12],
+}
+
+# Default attention span of the BoT blocks: the relative position tables cover maps of up to
+# this many rows and columns (128 at stride 16: 2048-pixel inputs, export's default maximum).
+ATTENTION_SPAN = 128
 
 
 def image_sizes_from_padding(images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +95,7 @@ def region_sizes(image_sizes: torch.Tensor, stride: int) -> torch.Tensor:
 
 class SampledStage(nn.Sequential):
     """A ResNet stage (``nn.Sequential`` of blocks, so parameter names are unchanged) that
-    tells its SSB blocks each image's region of their input.
+    tells its SSB and BoT blocks each image's region of their input.
 
     Args:
         blocks: the stage's blocks.
@@ -105,12 +121,16 @@ class SampledStage(nn.Sequential):
         # (and page-faulting) a new one; otherwise it is freed as soon as it is dead.
         spare = None
         for i, block in enumerate(blocks):
-            stride *= block.stride
+            regions = None
+            if image_sizes is not None and isinstance(block, (SSBBottleneckBlock, BoTBlock)):
+                regions = region_sizes(image_sizes, stride)  # of the block's input
             if isinstance(block, SSBBottleneckBlock):
-                regions = None if image_sizes is None else region_sizes(image_sizes, stride)
                 y = block(x, regions, spare)
+            elif isinstance(block, BoTBlock):
+                y = block(x, regions)
             else:
                 y = block(x)
+            stride *= block.stride
             next_is_ssb = i + 1 < len(blocks) and isinstance(blocks[i + 1], SSBBottleneckBlock)
             spare = x if recycle and next_is_ssb and sole_reference(x) else None
             x = y
@@ -118,7 +138,8 @@ class SampledStage(nn.Sequential):
 
 
 class SSBResNet(ResNet):
-    """Detectron2's ``ResNet`` whose SSB blocks sample each image's own region of the batch.
+    """Detectron2's ``ResNet`` whose SSB blocks sample (and BoT blocks attend over) each
+    image's own region of the batch.
 
     Detectron2 pads a batch to its largest image. A plain ResNet sees that padding only near
     an image's border; an SSB block would also pool its saliency over, and spread its
@@ -181,10 +202,15 @@ STEM_TYPES = ("basic", "deeplab")
 
 def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled,
                 stem_type="basic", res4_dilation=1, res5_multi_grid=None,
-                deform_on_per_stage=(False,) * 4, deform_num_groups=1, drop_path_rate=0.0):
+                deform_on_per_stage=(False,) * 4, deform_num_groups=1, drop_path_rate=0.0,
+                num_groups=1, attention_span=ATTENTION_SPAN):
     errors = []
-    if depth not in BLOCKS_PER_STAGE:
-        errors.append(f"MODEL.RESNETS.DEPTH={depth}: SSB-ResNet supports {sorted(BLOCKS_PER_STAGE)}")
+    if depth in BOTNET_S1_BLOCKS_PER_STAGE and host != "botnet":
+        errors.append(f"MODEL.RESNETS.DEPTH={depth}: a BoTNet-S1 depth; it needs "
+                      "MODEL.SSB.HOST 'botnet'")
+    elif depth not in BLOCKS_PER_STAGE and depth not in BOTNET_S1_BLOCKS_PER_STAGE:
+        errors.append(f"MODEL.RESNETS.DEPTH={depth}: SSB-ResNet supports {sorted(BLOCKS_PER_STAGE)}"
+                      f" (and {sorted(BOTNET_S1_BLOCKS_PER_STAGE)} with MODEL.SSB.HOST 'botnet')")
     if host not in HOSTS:
         errors.append(f"MODEL.SSB.HOST={host!r}: must be one of {HOSTS}")
     if len(ratios) != 4:
@@ -242,8 +268,35 @@ def _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilat
                           "or its DEFORM_ON_PER_STAGE entry to False")
     if deform_num_groups < 1:
         errors.append(f"MODEL.RESNETS.DEFORM_NUM_GROUPS={deform_num_groups}: must be >= 1")
+    if host == "botnet":
+        errors += _botnet_errors(res5_dilation, res4_dilation, res5_multi_grid,
+                                 deform_on_per_stage, num_groups, attention_span)
     if errors:
         raise ValueError("Invalid SSB-ResNet configuration:\n  " + "\n  ".join(errors))
+
+
+def _botnet_errors(res5_dilation, res4_dilation, res5_multi_grid,
+                   deform_on_per_stage, num_groups, attention_span):
+    """What the "botnet" host refuses: c5's global attention has no dilation, groups or
+    deformable offsets. (Its width, 8x res2's bottleneck, always splits into 4 heads.)"""
+    host = "with MODEL.SSB.HOST='botnet'"
+    errors = []
+    if res5_dilation not in (1, 2) or res4_dilation != 1:
+        errors.append(f"MODEL.RESNETS.RES4_DILATION={res4_dilation}, RES5_DILATION="
+                      f"{res5_dilation} {host}: c5 attends globally, so only RES5_DILATION 2 "
+                      "(c5 at stride 1: BoTNet-S1) or 1 (BoT50) mean something; RES4_DILATION 1")
+    if res5_multi_grid is not None:
+        errors.append(f"MODEL.RESNETS.RES5_MULTI_GRID {host}: attention has no dilation; "
+                      "remove it")
+    if len(deform_on_per_stage) == 4 and deform_on_per_stage[3]:
+        errors.append(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(deform_on_per_stage)} {host}: "
+                      "res5 is made of attention blocks; set its entry to False")
+    if num_groups != 1:
+        errors.append(f"MODEL.RESNETS.NUM_GROUPS={num_groups} {host}: c5's attention has no "
+                      "groups; set NUM_GROUPS 1")
+    if attention_span < 1:
+        errors.append(f"MODEL.SSB.ATTENTION_SPAN={attention_span}: must be >= 1")
+    return errors
 
 
 def ssb_resnet(
@@ -252,7 +305,7 @@ def ssb_resnet(
     in_channels: int = 3,
     host: str = "resnet",
     enabled: bool = True,
-    ratios: Sequence[float] = (0.5, 0.5, 0.5, 1.0),
+    ratios: Optional[Sequence[float]] = None,
     norm="FrozenBN",
     stem_out_channels: int = 64,
     stem_width: int = 32,
@@ -279,17 +332,22 @@ def ssb_resnet(
     drop_path_rate: float = 0.0,
     memory_efficient: bool = True,
     padding_aware: bool = True,
+    attention_span: int = ATTENTION_SPAN,
 ) -> ResNet:
     """Build an SSB-ResNet (or, with ``enabled=False``, its plain host) as a Detectron2 ``ResNet``.
 
     Args:
         depth (int): 50, 101, 152 or 200.
         in_channels (int): image channels.
-        host (str): ``"resnet"`` (Detectron2's ResNet) or ``"resnet-rs"`` (deep stem,
-            ResNet-D shortcut, SE, stochastic depth).
+        host (str): ``"resnet"`` (Detectron2's ResNet), ``"resnet-rs"`` (deep stem,
+            ResNet-D shortcut, SE, stochastic depth) or ``"botnet"`` (Detectron2's ResNet
+            whose res5 blocks are :class:`BoTBlock`: BoT50, ..., and with ``res5_dilation``
+            2 the BoTNet-S1 family, depths 59/77/110/128).
         enabled (bool): use SSB blocks; False gives the plain host, block for block.
-        ratios (Sequence[float]): sampling ratio per stage res2..res5; stride-1 blocks of a
-            stage with ratio < 1 become :class:`SSBBottleneckBlock`.
+        ratios (Sequence[float] or None): sampling ratio per stage res2..res5; stride-1
+            blocks of a stage with ratio < 1 become :class:`SSBBottleneckBlock`; with the
+            "botnet" host a res5 ratio < 1 makes every res5 block a :class:`SSBBoTBlock`.
+            None: 0.5 for res2-res4, and for res5 1.0 (0.5 with the "botnet" host).
         norm (str or callable): normalisation (``"FrozenBN"``, ``"BN"``, ``"SyncBN"``,
             ``"GN"``, ...), as ``MODEL.RESNETS.NORM``.
         stem_out_channels (int): stem output channels.
@@ -320,17 +378,22 @@ def ssb_resnet(
         memory_efficient (bool): SSB blocks recompute their sampling passes and conv3 in
             backward instead of storing them.
         padding_aware (bool): SSB blocks sample each image of a zero-padded batch within its
-            own size (see :class:`SSBResNet`).
+            own size, and BoT blocks attend within it (see :class:`SSBResNet`).
+        attention_span (int): largest side of a map the BoT blocks attend over (their
+            relative position tables are this long); the "botnet" host only.
 
     Returns:
         ResNet: a Detectron2 backbone with ``res2..res5`` features.
     """
+    if ratios is None:
+        ratios = (0.5, 0.5, 0.5, 0.5 if host == "botnet" else 1.0)
     ratios = list(ratios)
     deform_on_per_stage = list(deform_on_per_stage)
     _check_args(depth, host, ratios, inverse_position, stride_in_1x1, res5_dilation, enabled,
                 stem_type=stem_type, res4_dilation=res4_dilation, res5_multi_grid=res5_multi_grid,
                 deform_on_per_stage=deform_on_per_stage, deform_num_groups=deform_num_groups,
-                drop_path_rate=drop_path_rate)
+                drop_path_rate=drop_path_rate, num_groups=num_groups,
+                attention_span=attention_span)
     rs = host == "resnet-rs"
     if rs:
         stem = RSStem(in_channels, stem_out_channels, stem_width=stem_width, norm=norm)
@@ -342,7 +405,7 @@ def ssb_resnet(
         # (RSBottleneckBlock without SE/avg-down computes the same, with the same names).
         plain_block = BottleneckBlock if drop_path_rate == 0 else RSBottleneckBlock
 
-    num_blocks = BLOCKS_PER_STAGE[depth]
+    num_blocks = {**BLOCKS_PER_STAGE, **BOTNET_S1_BLOCKS_PER_STAGE}[depth]
     total_blocks = sum(num_blocks)
     block_index = 0
     in_ch, out_ch = stem_out_channels, res2_out_channels
@@ -367,6 +430,12 @@ def ssb_resnet(
                 for i in range(num_blocks[idx])]
         block_index += num_blocks[idx]
         sampled = enabled and ratios[idx] < 1.0
+        if host == "botnet" and stage_idx == 5:
+            stages.append(_bot_stage(in_ch, out_ch, bottleneck, norm, strides, drop, sampled,
+                                     ratios[idx], attention_span, grid_size=grid_size,
+                                     grid_padding=grid_padding, kernel_sigma=kernel_sigma,
+                                     uniform=uniform, saliency_bound=saliency_bound))
+            break  # res5 is the last stage
         ssb_kwargs = dict(sampling_ratio=ratios[idx], grid_size=grid_size,
                           grid_padding=grid_padding, kernel_sigma=kernel_sigma,
                           uniform=uniform, saliency_bound=saliency_bound,
@@ -392,10 +461,23 @@ def ssb_resnet(
         stages.append(blocks)
         out_ch *= 2
         bottleneck *= 2
-    if any(isinstance(b, SSBBottleneckBlock) for stage in stages for b in stage):
+    # BoT blocks need each image's region as much as SSB blocks do (the attention is global).
+    if any(isinstance(b, (SSBBottleneckBlock, BoTBlock)) for stage in stages for b in stage):
         return SSBResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at,
                          padding_aware=padding_aware)
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
+
+
+def _bot_stage(in_ch, out_ch, bottleneck, norm, strides, drop, sampled, ratio, attention_span,
+               **sampler_kwargs):
+    """The res5 stage of the "botnet" host: BoT blocks, or SSB-BoT blocks if ``sampled``."""
+    kwargs = dict(bottleneck_channels=bottleneck, norm=norm, num_heads=4,
+                  attention_span=attention_span, stride_per_block=strides,
+                  drop_path_per_block=drop)
+    if sampled:
+        kwargs.update(sampling_ratio=ratio, **sampler_kwargs)
+    return ResNet.make_stage(SSBBoTBlock if sampled else BoTBlock, len(strides),
+                             in_channels=in_ch, out_channels=out_ch, **kwargs)
 
 
 # Every MODEL.RESNETS key that Detectron2 (config/defaults.py) and its projects
@@ -441,6 +523,7 @@ def ssb_resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> dict:
         inverse_position=s.INVERSE_POSITION, se_ratio=s.SE_RATIO,
         drop_path_rate=s.DROP_PATH_RATE, memory_efficient=s.MEMORY_EFFICIENT,
         padding_aware=s.PADDING_AWARE,
+        attention_span=s.ATTENTION_SPAN,
     )
 
 

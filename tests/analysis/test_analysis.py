@@ -128,3 +128,32 @@ def test_bad_baseline_config_is_named():
         baseline_twin(cfg)
     with pytest.raises(FileNotFoundError, match="no_such.yaml"):
         load_cfg("no_such.yaml")
+
+
+@pytest.mark.parametrize("valid", [None, [[7.0, 9.0], [4.0, 5.0]]])
+def test_attention_macs_are_its_projections_logits_and_weighted_sum(valid):
+    # Every product of the BoT attention is a matmul that fvcore counts: the q/k/v 1x1
+    # projection (HW x C x 3C), the content logits and the weighted sum (heads x (HW)^2 x d
+    # each), the relative logits (heads x HW x d x (H + W)); the key mask and softmax are
+    # not MACs.
+    from ssb_det.layers import RelPosSelfAttention2d
+
+    n, c, heads, (H, W) = 2, 16, 4, (7, 9)
+    d, hw = c // heads, H * W
+    layer = RelPosSelfAttention2d(c, heads, max_span=10).eval()
+    inputs = (torch.randn(n, c, H, W),) + (() if valid is None else (torch.tensor(valid),))
+    result = count_model(layer, inputs)
+    assert result.unsupported == {}
+    assert result.macs == n * (hw * c * 3 * c + 2 * heads * hw * hw * d
+                               + heads * hw * d * (H + W))
+
+
+@pytest.mark.parametrize("cls,stride", [("BoTBlock", 2), ("SSBBoTBlock", 1), ("SSBBoTBlock", 2)])
+def test_every_op_of_a_bot_block_is_accounted_for(cls, stride):
+    import ssb_det.modeling as modeling
+
+    block = getattr(modeling, cls)(32, 64, bottleneck_channels=16, stride=stride,
+                                   norm="FrozenBN").eval()
+    result = count_model(block, (torch.randn(2, 32, 12, 14), torch.tensor([[12.0, 14], [9, 7]])))
+    assert result.unsupported == {}
+    assert result.macs_by_operator["matmul"] > 0

@@ -525,3 +525,34 @@ def test_evaluate_counts_top1_and_top5():
     assert result["top5_k"] == 5 and result["num_samples"] == 8
     assert result["top1"] == pytest.approx(100.0 * 2 / 8)
     assert result["top5"] == pytest.approx(100.0 * 6 / 8)
+
+
+def test_botnet_s1_pretrain_twins_build_the_s1_family_and_train(tmp_path):
+    # The S1-59 pair, narrow (WIDTH_PER_GROUP 4): c5 of six attention blocks at stride 16,
+    # twins differing in the saliency convs only; the SSB one trains two steps.
+    from ssb_det.modeling import BoTBlock, SSBBoTBlock
+
+    _image_folder(str(tmp_path / "data"), {"train": {"a": 4, "b": 4}, "val": {"a": 1, "b": 1}})
+    narrow = {"MODEL.RESNETS.WIDTH_PER_GROUP": 4, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
+              "MODEL.RESNETS.STEM_OUT_CHANNELS": 8, "CLS.DATA.ROOT": str(tmp_path / "data"),
+              "CLS.DATA.TRAIN_SPLIT": "train", "CLS.DATA.VAL_SPLIT": "val", "SOLVER.MAX_ITER": 2,
+              "CLS.EMA.ENABLED": False, "SOLVER.AMP.ENABLED": False, "CLS.CHANNELS_LAST": False}
+    trainers = {}
+    for name in ("ssb_botnet_s1_59_imagenet.yaml", "botnet_s1_59_imagenet.yaml"):
+        cfg = get_pretrain_cfg()
+        cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
+        cfg.merge_from_list(_tiny_overrides(tmp_path / name, "", **narrow))
+        cfg.freeze()
+        trainers[name] = ClassificationTrainer(cfg)
+    ssb, plain = (trainers[n].model for n in ("ssb_botnet_s1_59_imagenet.yaml",
+                                              "botnet_s1_59_imagenet.yaml"))
+    assert [len(s) for s in ssb.backbone.stages] == [3, 4, 6, 6]
+    assert [type(b) for b in ssb.backbone.res5] == [SSBBoTBlock] * 6
+    assert [type(b) for b in plain.backbone.res5] == [BoTBlock] * 6
+    assert ssb.backbone.output_shape()["res5"].stride == 16
+    names = {k for k, _ in ssb.named_parameters()}
+    plain_names = {k for k, _ in plain.named_parameters()}
+    assert names - plain_names == {n for n in names if "saliency_conv" in n} != set()
+    assert plain_names <= names
+    result = trainers["ssb_botnet_s1_59_imagenet.yaml"].train()
+    assert math.isfinite(result["loss"])

@@ -64,3 +64,17 @@ def test_hook_logs_each_learned_block_with_the_grid_statistics():
 def test_uniform_and_plain_models_have_nothing_to_log():
     assert learned_ssb_blocks(ssb_resnet(**NARROW, uniform=True)) == {}
     assert learned_ssb_blocks(ssb_resnet(**NARROW, enabled=False)) == {}
+
+
+def test_hook_logs_the_ssb_bot_blocks_too():
+    model = _model(host="botnet")  # res5's three blocks attend over sampled maps
+    hook = SamplingStatsHook()
+    hook.trainer = types.SimpleNamespace(model=model)
+    hook.before_train()
+    with EventStorage(0) as storage:
+        model.train()
+        model(torch.randn(2, 3, 64, 96))
+        logged = set(storage.latest())
+    hook.after_train()
+    assert {f"ssb/res5.{i}/kl" for i in range(3)} <= logged
+    assert len(logged) == 2 * (11 + 3)
