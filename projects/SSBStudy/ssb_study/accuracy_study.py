@@ -136,6 +136,11 @@ VARIANTS: Dict[str, str] = {
     "SSB-R50, res2 at full resolution from R50": "faster_rcnn_SSB_R_50_res2full_FPN_small.yaml",
     "SSB-R50 uniform, res2 at full resolution from R50":
         "faster_rcnn_SSB_R_50_uniform_res2full_FPN_small.yaml",
+    # The BoTNet host (MODEL.SSB.HOST "botnet": res5 attends globally): does adaptive
+    # sampling pay before attention, which mixes by content, where it did not before a 3x3?
+    "BoT50": "faster_rcnn_BoT_50_FPN_small.yaml",
+    "SSB-BoT50": "faster_rcnn_SSB_BoT_50_FPN_small.yaml",
+    "SSB-BoT50 uniform": "faster_rcnn_SSB_BoT_50_uniform_FPN_small.yaml",
 }
 # variant -> the variant whose trained weights (same seed) it starts from (MODEL.WEIGHTS).
 INIT_FROM: Dict[str, str] = {
@@ -268,7 +273,9 @@ PAIRS = (("SSB-R50", "SSB-R50 uniform"), ("SSB-R50", "R50"), ("SSB-R101", "R50")
           "SSB-R50 uniform, res2 at full resolution from R50"),
          ("SSB-R50, res2 at full resolution from R50", "R50 continued"),
          ("SSB-R50 uniform, res2 at full resolution from R50", "R50 continued"),
-         ("SSB-R50, res2 at full resolution from R50", "SSB-R50 from R50"))
+         ("SSB-R50, res2 at full resolution from R50", "SSB-R50 from R50"),
+         ("SSB-BoT50", "SSB-BoT50 uniform"), ("SSB-BoT50", "BoT50"), ("SSB-BoT50", "R50"),
+         ("SSB-BoT50 uniform", "BoT50"), ("BoT50", "R50"))
 METRICS = ("AP", "AP50", "APs", "APm")
 # --quick: the same pipeline on 8 images and a few iterations (a correctness check only).
 QUICK_OPTS = ["DATASETS.TRAIN", "('ssb_shapes_small_quick',)",

@@ -112,6 +112,10 @@ DEFINING_KEYS = {
     "SSB-R50, res2 at full resolution from R50": {"MODEL.SSB.RATIOS": [1.0, 0.5, 0.5, 1.0]},
     "SSB-R50 uniform, res2 at full resolution from R50": {"MODEL.SSB.UNIFORM": True,
                                                           "MODEL.SSB.RATIOS": [1.0, 0.5, 0.5, 1.0]},
+    "BoT50": {"MODEL.SSB.HOST": "botnet", "MODEL.SSB.ENABLED": False},
+    "SSB-BoT50": {"MODEL.SSB.HOST": "botnet", "MODEL.SSB.RATIOS": [0.5, 0.5, 0.5, 0.5]},
+    "SSB-BoT50 uniform": {"MODEL.SSB.HOST": "botnet", "MODEL.SSB.RATIOS": [0.5, 0.5, 0.5, 0.5],
+                          "MODEL.SSB.UNIFORM": True},
 }
 # What the tiny-object task changes against the first one: its data and its anchors only.
 TINY_TASK_KEYS = {"DATASETS.TRAIN": ("ssb_shapes_tiny_train",),
