@@ -198,7 +198,7 @@ class SeparableGrid(Grid):
                              f"{(*y.shape[:2], *self.in_size)}")
         if not chunked_cpu_inference(y, shortcut, self.knots_y, self.knots_x):
             return add_relu_(self.inverse(y), shortcut)
-        dtype = torch.result_type(y, shortcut)
+        dtype = torch.promote_types(y.dtype, shortcut.dtype)
         if out is None or not _fits(out, shortcut.shape, dtype, y, shortcut):
             out = torch.empty(shortcut.shape, device=y.device, dtype=dtype)
 

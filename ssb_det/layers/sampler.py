@@ -1,6 +1,7 @@
 """The SSB block's sampler module: predicts a saliency from features and makes the
 :class:`~ssb_det.layers.grid.Grid` that samples them (map maths in
 :mod:`~ssb_det.layers.sampling_maps`)."""
+from fractions import Fraction
 from typing import Optional, Tuple
 
 import torch
@@ -51,6 +52,10 @@ class SaliencySampler(nn.Module):
         if not saliency_bound >= 0:
             raise ValueError(f"saliency_bound must be >= 0 (0: unbounded), got {saliency_bound}")
         self.ratio = float(ratio)
+        # The ratio as a fraction of ints: torch.compile(dynamic=True) makes float attributes
+        # symbolic, and a size computed from a symbolic float cannot cross a checkpoint.
+        fraction = Fraction(self.ratio).limit_denominator(1 << 16)
+        self._ratio_num, self._ratio_den = fraction.numerator, fraction.denominator
         self.grid_size = int(grid_size)
         self.padding = int(padding)
         self.sigma = float(sigma)
@@ -70,6 +75,10 @@ class SaliencySampler(nn.Module):
                 f"sigma={self.sigma}, uniform={self.uniform}, saliency_bound={self.saliency_bound}")
 
     def out_size(self, h: int, w: int) -> Tuple[int, int]:
+        if torch.compiler.is_compiling() or isinstance(h, torch.SymInt):
+            # round(ratio * n) half up in integer maths, as sampled_size for these ratios
+            p, q = self._ratio_num, self._ratio_den
+            return tuple(torch.sym_max(1, (2 * p * n + q) // (2 * q)) for n in (h, w))
         return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
 
     def saliency(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None) -> torch.Tensor:

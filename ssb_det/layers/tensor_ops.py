@@ -73,7 +73,10 @@ def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``relu(out + other)``, written into ``out`` when the sum keeps its dtype (as
     Detectron2's blocks do: no second full-size map). ``out`` must be the caller's own
     tensor, made in this call and seen by no one else."""
-    out = out.add_(other) if out.dtype == torch.result_type(out, other) else out + other
+    # promote_types, not result_type: torch.compile cannot trace result_type (a graph break
+    # in every block); dimensioned operands promote by dtype alone, like the sum does.
+    same = out.dtype == torch.promote_types(out.dtype, other.dtype)
+    out = out.add_(other) if same else out + other
     return out.relu_()
 
 
