@@ -21,7 +21,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -32,7 +32,7 @@ from ..config import load_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
 from .optim import saliency_parameters, scale_learning_rate
-from .sampling_log import SamplingStatsHook
+from .sampling_log import SamplingStatsHook, insert_before_writer
 
 __all__ = ["Trainer", "setup", "main", "check_weights_conventions", "WeightsConventionError",
            "EVAL_RESULTS_FILE"]
@@ -60,9 +60,12 @@ class Trainer(DefaultTrainer):
             self.checkpointer = SSBCheckpointer(
                 old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
             )
-        # The statistics are put during each step's forward, so the writers (after_step)
-        # see them whatever the hook's place in the list.
-        return super().build_hooks() + [SamplingStatsHook()]
+        # The sampling statistics are read from the device once per writing period, just
+        # before the writer writes that step.
+        hook_list = super().build_hooks()
+        writer = next((h for h in hook_list if isinstance(h, hooks.PeriodicWriter)), None)
+        stats_hook = SamplingStatsHook(period=writer._period if writer is not None else 20)
+        return insert_before_writer(hook_list, stats_hook)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
