@@ -18,6 +18,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, Defo
 
 from ..config import HOSTS
 from ..layers import as_grid_tensor, grid_dtype, sole_reference
+from ..layers.lattice import Regions
 from . import blocks as _blocks
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .stems import DeepLabStem, RSStem
@@ -90,12 +91,15 @@ class SampledStage(nn.Sequential):
         super().__init__(*blocks)
         self.in_stride = int(in_stride)
 
-    def forward(self, x, image_sizes: Optional[torch.Tensor] = None):
+    def forward(self, x, image_sizes: Optional[torch.Tensor] = None,
+                shared: Optional[dict] = None):
         """
         Args:
             x (Tensor): the stage input.
             image_sizes (Tensor or None): ``(N, 2)`` image sizes in input pixels, in
                 :func:`~ssb_det.layers.grid_dtype`; None: every image fills the batch.
+            shared (dict or None): the forward's memo, shared by the stages (see
+                :class:`~ssb_det.layers.lattice.Regions`).
         """
         stride = self.in_stride
         recycle = _blocks.may_reuse_memory()
@@ -104,10 +108,14 @@ class SampledStage(nn.Sequential):
         # block to write its output into (it does if the map fits) instead of allocating
         # (and page-faulting) a new one; otherwise it is freed as soon as it is dead.
         spare = None
+        # one per stride: its blocks share its lattices (see Regions)
+        regions, regions_stride = None, None
         for i, block in enumerate(blocks):
             stride *= block.stride
             if isinstance(block, SSBBottleneckBlock):
-                regions = None if image_sizes is None else region_sizes(image_sizes, stride)
+                if regions_stride != stride:
+                    sizes = None if image_sizes is None else region_sizes(image_sizes, stride)
+                    regions, regions_stride = Regions(sizes, shared), stride
                 y = block(x, regions, spare)
             else:
                 y = block(x)
@@ -164,8 +172,9 @@ class SSBResNet(ResNet):
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
+        shared = {}  # made once per forward for every stage (see Regions)
         for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x, image_sizes)
+            x = stage(x, image_sizes, shared)
             if name in self._out_features:
                 outputs[name] = x
         if self.num_classes is not None:
