@@ -10,7 +10,8 @@ from typing import Optional, Tuple
 import torch
 
 from .lattice import Lattice, lattice
-from .resample import chunk_channels, chunked_cpu_inference, lerp_lines, separable_resample
+from .resample import (chunk_channels, chunked_cpu_inference, cpu_kernels, lerp_lines,
+                       separable_resample)
 from .tensor_ops import add_relu_, needs_grad
 
 __all__ = ["Grid", "SeparableGrid"]
@@ -81,13 +82,6 @@ def _fits(out: torch.Tensor, shape, dtype, y: torch.Tensor, shortcut: torch.Tens
     return (out.shape == shape and out.dtype == dtype and out.is_contiguous()
             and out.device == y.device == shortcut.device and not shares(y)
             and (not shares(shortcut) or out is shortcut))
-
-
-def _cpu_kernels(*tensors) -> bool:
-    """Whether the CPU resampling kernels (``embedding_bag`` passes, dense matrices, channel
-    chunks) run: eager or traced PyTorch on the CPU. Elsewhere (GPUs, ``torch.compile``,
-    ``torch.export``) one gather and one ``lerp`` per pass (:func:`lerp_lines`)."""
-    return all(t.device.type == "cpu" for t in tensors) and not torch.compiler.is_compiling()
 
 
 class SeparableGrid(Grid):
@@ -204,7 +198,7 @@ class SeparableGrid(Grid):
         return out
 
     def sample(self, x: torch.Tensor) -> torch.Tensor:
-        if not _cpu_kernels(x, self.knots):
+        if not cpu_kernels(x, self.knots):
             return self._resample(x, 0, rows_first=True)
         taps = self._taps(0), self._taps(1)
         if not chunked_cpu_inference(x, self.knots):
@@ -217,7 +211,7 @@ class SeparableGrid(Grid):
         return self._chunked(x, taps, self.out_size, True, out, write)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        if not _cpu_kernels(y, self.knots):
+        if not cpu_kernels(y, self.knots):
             return self._resample(y, 2, rows_first=False)
         return separable_resample(y, self._taps(2), self._taps(3), self.in_size, rows_first=False)
 
@@ -239,7 +233,7 @@ class SeparableGrid(Grid):
         if shortcut.shape != (*y.shape[:2], *self.in_size):
             raise ValueError(f"shortcut has shape {tuple(shortcut.shape)}, the restored map "
                              f"{(*y.shape[:2], *self.in_size)}")
-        if not (_cpu_kernels(y, shortcut, self.knots)
+        if not (cpu_kernels(y, shortcut, self.knots)
                 and chunked_cpu_inference(y, shortcut, self.knots)):
             return add_relu_(self.inverse(y), shortcut)
         dtype = torch.promote_types(y.dtype, shortcut.dtype)

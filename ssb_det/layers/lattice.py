@@ -111,7 +111,10 @@ def _pooling(v: torch.Tensor, in_size, g: int, lines: torch.Tensor):
     inside = torch.minimum(lines + 1 - start[..., None], end[..., None] - lines).clamp(0.0, 1.0)
     pool = inside / (end - start)[..., None]  # (N, 2, G, L)
     H, W = in_size
-    return pool[:, 0, :, :H].contiguous(), pool[:, 1, :, :W].transpose(1, 2).contiguous()
+    # clone, not contiguous: one copy each whatever the sizes (a constant op count)
+    fmt = torch.contiguous_format
+    return (pool[:, 0, :, :H].clone(memory_format=fmt),
+            pool[:, 1, :, :W].transpose(1, 2).clone(memory_format=fmt))
 
 
 @functools.lru_cache(maxsize=256)

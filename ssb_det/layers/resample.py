@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .tensor_ops import needs_grad, tracing_or_compiling
 
-__all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "lerp_lines",
+__all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "lerp_lines", "cpu_kernels",
            "separable_resample", "chunk_channels", "chunked_cpu_inference"]
 
 
@@ -174,6 +174,17 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     # rows: table (n, c, y) of w -> (n, c, h, w)
     out = _resample_rows(xr.reshape(n * c * H, w), bag("rows", row_taps, H, False))
     return out.view(n, c, h, w)
+
+
+def cpu_kernels(*tensors) -> bool:
+    """Whether the CPU resampling kernels (``embedding_bag`` passes, dense matrices, channel
+    chunks) run: eager or traced PyTorch on the CPU, maps not channels-last (those kernels
+    read NCHW lines; they would copy an NHWC map). Elsewhere (GPUs, ``torch.compile``,
+    ``torch.export``, channels-last maps) one gather and one ``lerp`` per pass
+    (:func:`lerp_lines`), which keeps the layout."""
+    return (all(t.device.type == "cpu" for t in tensors) and not torch.compiler.is_compiling()
+            and not any(t.dim() == 4 and not t.is_contiguous()
+                        and t.is_contiguous(memory_format=torch.channels_last) for t in tensors))
 
 
 def chunk_channels(n: int, c: int, size: Tuple[int, int], element_size: int) -> int:
