@@ -321,7 +321,13 @@ def ssb_resnet(
         deform_modulated, deform_num_groups: as ``MODEL.RESNETS.DEFORM_MODULATED`` and
             ``DEFORM_NUM_GROUPS``.
         out_features (Sequence[str]): features to return, e.g. ``["res2", ..., "res5"]``.
-        freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...).
+        freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...), as
+            Detectron2's ResNet: a frozen stage is frozen whole, its saliency convs included.
+            So with ``FREEZE_AT 2`` (Detectron2's default for ImageNet starts) res2's
+            zero-initialised saliency convs stay at zero and res2 samples uniformly; use
+            ``FREEZE_AT 1`` to learn where res2 samples. Kept so because the documented
+            accuracy runs (docs/accuracy.md) were trained so, and because a frozen stage
+            of an SSB-pretrained backbone keeps its learned sampling.
         grid_size, grid_padding, kernel_sigma, uniform, saliency_bound, inverse_position: sampler
             options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
         se_ratio (float): SE ratio of the ResNet-RS host (ignored by the plain host).
