@@ -31,6 +31,7 @@ from ..compat import coco_evaluator
 from ..config import load_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
+from .compile import compile_bottom_up
 from .optim import saliency_parameters, scale_learning_rate
 from .sampling_log import SamplingStatsHook, insert_before_writer
 
@@ -202,7 +203,8 @@ def main(args):
     """Train (then evaluate), or with ``args.eval_only`` evaluate ``MODEL.WEIGHTS``.
 
     Args:
-        args (argparse.Namespace): from ``default_argument_parser()``.
+        args (argparse.Namespace): from ``default_argument_parser()`` (``tools/train_net.py``
+            adds ``--compile``: the bottom-up compiled, see :mod:`ssb_det.engine.compile`).
 
     Returns:
         The evaluation results (see :meth:`Trainer.test`); for a training run, those of the
@@ -221,6 +223,8 @@ def main(args):
         SSBCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if getattr(args, "compile", False):
+            compile_bottom_up(model)
         return Trainer.test(cfg, model)
 
     check_datasets_available(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -233,6 +237,8 @@ def main(args):
             "weights (docs/pipeline.md) or use a trainable norm (BN, SyncBN, GN)."
         )
     trainer = Trainer(cfg)
+    if getattr(args, "compile", False):
+        compile_bottom_up(trainer.model)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     return results if results is not None else OrderedDict()
