@@ -12,7 +12,7 @@ import torch
 from .lattice import Lattice, lattice
 from .resample import (chunk_channels, chunked_cpu_inference, cpu_kernels, lerp_lines,
                        separable_resample)
-from .tensor_ops import add_relu_, needs_grad
+from .tensor_ops import add_relu_, head, needs_grad
 
 __all__ = ["Grid", "SeparableGrid"]
 
@@ -155,7 +155,8 @@ class SeparableGrid(Grid):
 
     def _rows(self, t: torch.Tensor, first: int) -> Positions:
         lengths = self._lengths()
-        return t[:, first, :lengths[first]], t[:, first + 1, :lengths[first + 1]]
+        return (head(t[:, first], 1, lengths[first]),
+                head(t[:, first + 1], 1, lengths[first + 1]))
 
     def sampling_positions(self, clamp: bool = False) -> Positions:
         return self._rows(self._pos if clamp else self._raw, 0)
@@ -170,17 +171,18 @@ class SeparableGrid(Grid):
     def _taps(self, row: int):
         """CPU kernels' ``(left, right, frac)`` of a row of the stacked positions."""
         length = self._lengths()[row]
-        return (self._index[:, 0, row, :length], self._index[:, 1, row, :length],
-                self._frac[:, row, :length])
+        return (head(self._index[:, 0, row], 1, length), head(self._index[:, 1, row], 1, length),
+                head(self._frac[:, row], 1, length))
 
     def _resample(self, x: torch.Tensor, first: int, rows_first: bool) -> torch.Tensor:
         """Rows ``first`` and ``first + 1`` of the stacked positions applied to ``x``."""
         lengths = self._lengths()
-        weight = self._weights(x.dtype)
+        # unbind, not indexing: in backward one stack instead of a zero-filled select each
+        weights = self._weights(x.dtype).unbind(1)
         passes = [(first, 2), (first + 1, 3)]
         for row, dim in (passes if rows_first else passes[::-1]):
             n = lengths[row]
-            x = lerp_lines(x, self._index[:, :, row, :n], weight[:, row, :n], dim)
+            x = lerp_lines(x, head(self._index[:, :, row], 2, n), head(weights[row], 1, n), dim)
         return x
 
     def _chunked(self, x: torch.Tensor, taps, out_size, rows_first: bool, out: torch.Tensor,

@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .sampling_maps import recasens_operator
-from .tensor_ops import grid_dtype, may_cache, size_tensor
+from .tensor_ops import grid_dtype, head, larger, may_cache, size_tensor
 
 __all__ = ["Lattice", "Regions", "lattice", "region_sizes_of"]
 
@@ -65,7 +65,7 @@ class Lattice(NamedTuple):
 def _build(in_size, out_size, g: int, v: Optional[torch.Tensor], vo: Optional[torch.Tensor],
            device, dtype) -> Lattice:
     (H, W), (h, w) = in_size, out_size
-    j = torch.arange(max(H, W), device=device, dtype=dtype)
+    j = torch.arange(larger(H, W), device=device, dtype=dtype)
     ref = j[:1]
     n_src = size_tensor((H, W, h, w), ref)
     regions = v is not None
@@ -113,8 +113,8 @@ def _pooling(v: torch.Tensor, in_size, g: int, lines: torch.Tensor):
     H, W = in_size
     # clone, not contiguous: one copy each whatever the sizes (a constant op count)
     fmt = torch.contiguous_format
-    return (pool[:, 0, :, :H].clone(memory_format=fmt),
-            pool[:, 1, :, :W].transpose(1, 2).clone(memory_format=fmt))
+    return (head(pool[:, 0], 2, H).clone(memory_format=fmt),
+            head(pool[:, 1], 2, W).transpose(1, 2).clone(memory_format=fmt))
 
 
 @functools.lru_cache(maxsize=256)
@@ -178,7 +178,9 @@ class Regions:
         """The lattice of a sampler of ``ratio`` and ``grid_size`` on maps of ``in_size``."""
         key = ("lattice", ratio, int(grid_size))
         made = self._made.get(key)
-        if made is None or made.in_size != tuple(in_size) or made.out_size != tuple(out_size):
+        # Under torch.jit.trace sizes are traced values: a stage's blocks share its size.
+        if made is None or not torch.jit.is_tracing() and (
+                made.in_size != tuple(in_size) or made.out_size != tuple(out_size)):
             if self.sizes is None:
                 made = lattice(in_size, out_size, grid_size, device=device)
             else:

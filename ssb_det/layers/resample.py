@@ -118,7 +118,8 @@ def lerp_lines(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: 
     taps = pairs.expand(n, 2, *x.shape[1:]).gather(dim + 1, index.view(index_shape).expand(out_shape))
     weight_shape = [n, 1, 1, 1]
     weight_shape[dim] = length
-    out = torch.lerp(taps[:, 0], taps[:, 1], weight.view(weight_shape))
+    left, right = taps.unbind(1)  # (its backward is one stack, not two zero-filled selects)
+    out = torch.lerp(left, right, weight.view(weight_shape))
     return out.permute(0, 3, 1, 2) if channels_last else out
 
 

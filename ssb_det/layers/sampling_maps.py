@@ -169,7 +169,7 @@ def _knots_of_offsets(offset: torch.Tensor, c_mat: torch.Tensor, c_vec: torch.Te
     # (Recasens clamps instead, which makes flat, non-invertible stretches at the borders).
     # e's first corner is exactly 0, so its last is the span.
     e = e / e[:, g:g + 1]
-    return e[:, :g + 1], e[:, g + 1:]
+    return e.split([g + 1, g], 1)  # (its backward is one cat)
 
 
 def separable_knots(saliency: torch.Tensor, padding: int, sigma: float, operator=None):
@@ -195,7 +195,8 @@ def separable_knots(saliency: torch.Tensor, padding: int, sigma: float, operator
     # u(p) = sum_q S(q) k(p-q) X(q) / sum_q S(q) k(p-q), written as the cell centre X(p) plus
     # the weighted mean offset X(q) - X(p): the same formula, but a uniform S gives an
     # offset that cancels to ~1e-9 instead of a ratio of sums rounded to ~1e-7.
-    offset = sums[:, 1] / sums[:, 0]
+    den, num = sums.unbind(1)
+    offset = num / den
     knots, steps = _knots_of_offsets(offset.view(2 * n, g), c_mat, c_vec)
     return knots.view(n, 2, g + 1), steps.view(n, 2, g)
 

@@ -8,8 +8,8 @@ import weakref
 import torch
 
 __all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad",
-           "tracing_or_compiling", "may_cache", "size_tensor", "autocast_off", "add_relu_",
-           "sole_reference"]
+           "tracing_or_compiling", "may_cache", "size_tensor", "larger", "head", "autocast_off",
+           "add_relu_", "sole_reference"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -68,6 +68,24 @@ def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
     and ``new_full`` records in the graph.
     """
     return torch.stack([like.new_full((), s) for s in sizes])
+
+
+def larger(a, b):
+    """``max(a, b)`` of two sizes: plain ints, ``torch.SymInt`` (``torch.export`` /
+    ``torch.compile``) or, under ``torch.jit.trace``, 0-dim integer tensors (a traced size,
+    which Python's ``max`` would fix to the example's value)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_max(a, b)
+
+
+def head(t: torch.Tensor, dim: int, n) -> torch.Tensor:
+    """The first ``n`` entries of ``t`` along ``dim``: a view (``narrow``); under
+    ``torch.jit.trace`` with a traced size, an ``index_select`` the trace records (slicing
+    would fix ``n`` to the example's value)."""
+    if isinstance(n, torch.Tensor):
+        return t.index_select(dim, torch.arange(n, device=t.device))
+    return t.narrow(dim, 0, n)
 
 
 def autocast_off(device_type: str):
