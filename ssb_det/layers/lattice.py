@@ -4,7 +4,7 @@ An SSB grid reads, besides its knots, tensors that depend only on the full and s
 and on each image's region of the batch: where each destination line sits, which source
 lines an image covers, the saliency pooling windows. :class:`Lattice` holds them with both
 axes of both directions stacked (rows ``sample y``, ``sample x``, ``inverse y``, ``inverse x``
-of a ``(.., 4, L)`` tensor, ``L = max(H, W)``; row ``r`` uses its first ``n_dst[r]`` lines),
+of a ``(.., 4, L)`` tensor, ``L = H + W``; row ``r`` uses its first ``n_dst[r]`` lines),
 so a grid builds all its positions in a handful of batched ops: on a GPU every op is a
 kernel launch. Without regions (every image fills the map) a lattice depends on sizes only
 and is cached per (sizes, device, dtype); with regions, :class:`Regions` makes it once per
@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .sampling_maps import recasens_operator
-from .tensor_ops import grid_dtype, head, larger, may_cache, size_tensor
+from .tensor_ops import grid_dtype, head, may_cache, size_tensor
 
 __all__ = ["Lattice", "Regions", "lattice", "region_sizes_of"]
 
@@ -65,7 +65,9 @@ class Lattice(NamedTuple):
 def _build(in_size, out_size, g: int, v: Optional[torch.Tensor], vo: Optional[torch.Tensor],
            device, dtype) -> Lattice:
     (H, W), (h, w) = in_size, out_size
-    j = torch.arange(larger(H, W), device=device, dtype=dtype)
+    # H + W lines, not max(H, W): no comparison of the sizes, which torch.export would
+    # guard on (a program exported with H > W would refuse W > H); the tensors are tiny
+    j = torch.arange(H + W, device=device, dtype=dtype)
     ref = j[:1]
     n_src = size_tensor((H, W, h, w), ref)
     regions = v is not None

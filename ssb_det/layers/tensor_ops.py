@@ -8,7 +8,7 @@ import weakref
 import torch
 
 __all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad",
-           "tracing_or_compiling", "may_cache", "size_tensor", "larger", "head", "autocast_off",
+           "tracing_or_compiling", "may_cache", "size_tensor", "head", "autocast_off",
            "add_relu_", "sole_reference"]
 
 
@@ -68,15 +68,6 @@ def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
     and ``new_full`` records in the graph.
     """
     return torch.stack([like.new_full((), s) for s in sizes])
-
-
-def larger(a, b):
-    """``max(a, b)`` of two sizes: plain ints, ``torch.SymInt`` (``torch.export`` /
-    ``torch.compile``) or, under ``torch.jit.trace``, 0-dim integer tensors (a traced size,
-    which Python's ``max`` would fix to the example's value)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
-    return torch.sym_max(a, b)
 
 
 def head(t: torch.Tensor, dim: int, n) -> torch.Tensor:
