@@ -119,8 +119,12 @@ def lerp_lines(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: 
     weight_shape = [n, 1, 1, 1]
     weight_shape[dim] = length
     left, right = taps.unbind(1)  # (its backward is one stack, not two zero-filled selects)
-    out = torch.lerp(left, right, weight.view(weight_shape))
-    return out.permute(0, 3, 1, 2) if channels_last else out
+    weight = weight.view(weight_shape)
+    if channels_last:
+        # lerp of the NCHW views: a new channels-last tensor, not a view of one (an in-place
+        # op on a view, e.g. the block's residual add, costs autograd full-size copies)
+        left, right, weight = (t.permute(0, 3, 1, 2) for t in (left, right, weight))
+    return torch.lerp(left, right, weight)
 
 
 def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
