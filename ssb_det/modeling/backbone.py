@@ -91,7 +91,7 @@ class SampledStage(nn.Sequential):
         super().__init__(*blocks)
         self.in_stride = int(in_stride)
 
-    def forward(self, x, image_sizes: Optional[torch.Tensor] = None,
+    def forward(self, x, image_sizes: Optional[torch.Tensor] = None, *,
                 shared: Optional[dict] = None):
         """
         Args:
@@ -174,7 +174,8 @@ class SSBResNet(ResNet):
             outputs["stem"] = x
         shared = {}  # made once per forward for every stage (see Regions)
         for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x, image_sizes, shared)
+            # by keyword: hooks and tracers that replay a stage see its two inputs only
+            x = stage(x, image_sizes, shared=shared)
             if name in self._out_features:
                 outputs[name] = x
         if self.num_classes is not None:
