@@ -371,8 +371,9 @@ class ClassificationTrainer:
         writers = self.build_writers()
         try:
             with EventStorage(self.start_iter) as storage:
-                with sampling_statistics_logged(self.model):  # ssb/<block>/kl, density_ratio
-                    self._train_steps(data, storage, writers)
+                # ssb/<block>/kl, density_ratio: read from the device at logging steps only
+                with sampling_statistics_logged(self.model) as sampling_stats:
+                    self._train_steps(data, storage, writers, sampling_stats)
                 if self.start_iter >= self.max_iter:
                     logger.info(f"nothing to train: the checkpoint is at iteration "
                                 f"{self.start_iter} of {self.max_iter}")
@@ -393,7 +394,7 @@ class ClassificationTrainer:
             logger.info(f"final evaluation: {json.dumps(result)}")
         return result
 
-    def _train_steps(self, data, storage: EventStorage, writers) -> None:
+    def _train_steps(self, data, storage: EventStorage, writers, sampling_stats=None) -> None:
         cfg = self.cfg
         start_time, start_step = time.perf_counter(), self.start_iter
         local_samples, losses = 0, []
@@ -439,6 +440,8 @@ class ClassificationTrainer:
             self.samples_seen += int(new_samples)
             local_samples, losses = 0, []
             if log_now:
+                if sampling_stats is not None:
+                    sampling_stats.put(storage)
                 elapsed = time.perf_counter() - start_time
                 storage.put_scalars(
                     loss=loss_sum / n_losses, lr=lr, samples_seen=self.samples_seen,

@@ -22,7 +22,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -32,8 +32,9 @@ from ..compat import coco_evaluator
 from ..config import add_ssb_config, load_config
 from ..convert import conventions_mismatch
 from ..data import FileNamingDatasetMapper, check_datasets_available, prepare_dataset
+from .compile import compile_bottom_up
 from .optim import saliency_parameters, scale_learning_rate
-from .sampling_log import SamplingStatsHook
+from .sampling_log import SamplingStatsHook, insert_before_writer
 
 __all__ = ["Trainer", "setup", "main", "check_weights_conventions", "WeightsConventionError",
            "EVAL_RESULTS_FILE"]
@@ -61,9 +62,12 @@ class Trainer(DefaultTrainer):
             self.checkpointer = SSBCheckpointer(
                 old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
             )
-        # The statistics are put during each step's forward, so the writers (after_step)
-        # see them whatever the hook's place in the list.
-        return super().build_hooks() + [SamplingStatsHook()]
+        # The sampling statistics are read from the device once per writing period, just
+        # before the writer writes that step.
+        hook_list = super().build_hooks()
+        writer = next((h for h in hook_list if isinstance(h, hooks.PeriodicWriter)), None)
+        stats_hook = SamplingStatsHook(period=writer._period if writer is not None else 20)
+        return insert_before_writer(hook_list, stats_hook)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -206,7 +210,8 @@ def main(args, add_config: Optional[Callable] = None):
     """Train (then evaluate), or with ``args.eval_only`` evaluate ``MODEL.WEIGHTS``.
 
     Args:
-        args (argparse.Namespace): from ``default_argument_parser()``.
+        args (argparse.Namespace): from ``default_argument_parser()`` (``tools/train_net.py``
+            adds ``--compile``: the bottom-up compiled, see :mod:`ssb_det.engine.compile`).
         add_config (callable or None): a project's config keys (see :func:`setup`).
 
     Returns:
@@ -226,6 +231,8 @@ def main(args, add_config: Optional[Callable] = None):
         SSBCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if getattr(args, "compile", False):
+            compile_bottom_up(model)
         return Trainer.test(cfg, model)
 
     check_datasets_available(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -238,6 +245,8 @@ def main(args, add_config: Optional[Callable] = None):
             "weights (docs/pipeline.md) or use a trainable norm (BN, SyncBN, GN)."
         )
     trainer = Trainer(cfg)
+    if getattr(args, "compile", False):
+        compile_bottom_up(trainer.model)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     return results if results is not None else OrderedDict()

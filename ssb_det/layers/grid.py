@@ -5,14 +5,14 @@ per forward by :class:`~ssb_det.layers.sampler.SaliencySampler` and holds no mod
 :class:`SeparableGrid` is its implementation: a separable map with an exact inverse.
 """
 import abc
-import functools
 from typing import Optional, Tuple
 
 import torch
 
-from .resample import chunk_channels, chunked_cpu_inference, interp_taps, separable_resample
-from .sampling_maps import interp_knots, invert_knots, two_segment_positions
-from .tensor_ops import add_relu_, needs_grad, size_tensor
+from .lattice import Lattice, lattice
+from .resample import (chunk_channels, chunked_cpu_inference, cpu_kernels, lerp_lines,
+                       separable_resample)
+from .tensor_ops import add_relu_, head, needs_grad
 
 __all__ = ["Grid", "SeparableGrid"]
 
@@ -84,27 +84,16 @@ def _fits(out: torch.Tensor, shape, dtype, y: torch.Tensor, shortcut: torch.Tens
             and (not shares(shortcut) or out is shortcut))
 
 
-def _region_sizes(knots: torch.Tensor, in_size, out_size, valid_in, valid_out):
-    """``(valid_in, valid_out)`` of a grid in the knots' dtype: the given ``(N, 2)`` sizes,
-    or (both None) every image filling both maps."""
-    if (valid_in is None) != (valid_out is None):
-        raise ValueError("valid_in and valid_out must be given together")
-    if valid_in is None:
-        n = knots.shape[0]
-        valid_in = size_tensor(in_size, knots).expand(n, 2)
-        valid_out = size_tensor(out_size, knots).expand(n, 2)
-    return valid_in.to(knots.dtype), valid_out.to(knots.dtype)
-
-
 class SeparableGrid(Grid):
     """A separable sampling map ``(phi_y, phi_x)`` between a full and a sampled size.
 
-    Sampling and restoring are two 1-D linear interpolations each
-    (:func:`~ssb_det.layers.resample.separable_resample`); the inverse of the
-    piecewise-linear map is exact.
+    Sampling and restoring are two 1-D linear interpolations each; the inverse of the
+    piecewise-linear map is exact. Every position, of both axes and both directions, is
+    built at once from the knots and the size-only :class:`~ssb_det.layers.lattice.Lattice`
+    (a handful of batched ops: on a GPU each op is a kernel launch).
 
     Args:
-        knots_y (Tensor): ``(N, G + 1)`` strictly increasing knots of the row map.
+        knots_y (Tensor): ``(N, G + 1)`` strictly increasing knots of the row map, from 0 to 1.
         knots_x (Tensor): ``(N, G + 1)`` knots of the column map.
         in_size (tuple[int, int]): full size ``(H, W)``.
         out_size (tuple[int, int]): sampled size ``(h, w)``.
@@ -117,39 +106,84 @@ class SeparableGrid(Grid):
     def __init__(self, knots_y, knots_x, in_size: Tuple[int, int], out_size: Tuple[int, int],
                  valid_in: Optional[torch.Tensor] = None,
                  valid_out: Optional[torch.Tensor] = None):
-        self.knots_y, self.knots_x = knots_y, knots_x
-        self.in_size, self.out_size = tuple(in_size), tuple(out_size)
-        self.valid_in, self.valid_out = _region_sizes(knots_y, self.in_size, self.out_size,
-                                                      valid_in, valid_out)
+        knots = torch.stack([knots_y, knots_x], 1)
+        lat = lattice(tuple(in_size), tuple(out_size), knots.shape[-1] - 1, valid_in, valid_out,
+                      knots.device)
+        self._build(knots, knots.diff(dim=2), lat, None)
+
+    @classmethod
+    def of_lattice(cls, knots: torch.Tensor, steps: torch.Tensor, lat: Lattice,
+                   dtype: Optional[torch.dtype] = None) -> "SeparableGrid":
+        """The grid of ``(N, 2, G + 1)`` knots (rows y, x) and their ``(N, 2, G)`` steps on a
+        lattice; ``dtype``: the features' dtype (the interpolation weights are made in it)."""
+        grid = cls.__new__(cls)
+        grid._build(knots, steps, lat, dtype)
+        return grid
+
+    def _build(self, knots, steps, lat: Lattice, dtype):
+        self.knots = knots
+        self.knots_y, self.knots_x = knots[:, 0], knots[:, 1]
+        self.in_size, self.out_size = lat.in_size, lat.out_size
+        n = knots.shape[0]
+        self.valid_in = lat.valid_in.expand(n, 2)
+        self.valid_out = lat.valid_out.expand(n, 2)
         # Made now, not on first use: a checkpointed (recomputed) segment of the block must
         # save the same tensors in both of its runs.
-        (H, W), (h, w) = self.in_size, self.out_size
-        ys, xs = self.sampling_positions(clamp=True)
-        self._sample_taps = interp_taps(ys, H), interp_taps(xs, W)
-        ys, xs = self.inverse_positions(clamp=True)
-        self._inverse_taps = interp_taps(ys, h), interp_taps(xs, w)
+        # phi at the sampling rows' positions, and the inverse map at the inverse rows' as a
+        # count of cells: sum_k clamp((t - K_k) / (K_k+1 - K_k), 0, 1) (exact for increasing
+        # knots, and no searchsorted: ONNX has none)
+        ramp = lat.ramp.expand(n, *lat.ramp.shape[1:]).reshape(2 * n, *lat.ramp.shape[2:])
+        phi = torch.bmm(ramp, steps.reshape(2 * n, -1, 1)).view(n, 2, -1)
+        cells = ((lat.inverse_t[..., None] - knots[:, :, None, :-1]) / steps[:, :, None, :])
+        phi = torch.cat([phi, cells.clamp(0.0, 1.0).sum(-1)], 1)
+        self._raw = torch.addcmul(lat.offset, phi, lat.scale)  # (N, 4, L)
+        pos = torch.clamp(self._raw, lat.zero, lat.upper)
+        self._pos = pos
+        # taps of linear interpolation: left and right line (pos >= 0: truncation is floor)
+        left = pos.long()
+        self._index = torch.minimum(left[:, None] + lat.pair, lat.last)  # (N, 2, 4, L)
+        self._frac = pos - left
+        self._weight = self._frac.to(dtype) if dtype is not None else None
 
     @property
     def needs_grad(self) -> bool:
-        return needs_grad(self.knots_y, self.knots_x)
+        return needs_grad(self.knots)
 
-    def _lines(self, inverse: bool, clamp: bool) -> Positions:
-        """Row and column coordinates: see :func:`two_segment_positions`."""
-        vi, vo = self.valid_in, self.valid_out
-        if inverse:
-            phi, n_dst, n_src, v_dst, v_src = invert_knots, self.in_size, self.out_size, vi, vo
-        else:
-            phi, n_dst, n_src, v_dst, v_src = interp_knots, self.out_size, self.in_size, vo, vi
-        return tuple(
-            two_segment_positions(functools.partial(phi, knots), n_dst[a], n_src[a],
-                                  v_dst[:, a], v_src[:, a], clamp)
-            for a, knots in enumerate((self.knots_y, self.knots_x)))
+    def _lengths(self):
+        (H, W), (h, w) = self.in_size, self.out_size
+        return h, w, H, W
+
+    def _rows(self, t: torch.Tensor, first: int) -> Positions:
+        lengths = self._lengths()
+        return (head(t[:, first], 1, lengths[first]),
+                head(t[:, first + 1], 1, lengths[first + 1]))
 
     def sampling_positions(self, clamp: bool = False) -> Positions:
-        return self._lines(False, clamp)
+        return self._rows(self._pos if clamp else self._raw, 0)
 
     def inverse_positions(self, clamp: bool = False) -> Positions:
-        return self._lines(True, clamp)
+        return self._rows(self._pos if clamp else self._raw, 2)
+
+    def _weights(self, dtype) -> torch.Tensor:
+        w = self._weight
+        return w if w is not None and w.dtype == dtype else self._frac.to(dtype)
+
+    def _taps(self, row: int):
+        """CPU kernels' ``(left, right, frac)`` of a row of the stacked positions."""
+        length = self._lengths()[row]
+        return (head(self._index[:, 0, row], 1, length), head(self._index[:, 1, row], 1, length),
+                head(self._frac[:, row], 1, length))
+
+    def _resample(self, x: torch.Tensor, first: int, rows_first: bool) -> torch.Tensor:
+        """Rows ``first`` and ``first + 1`` of the stacked positions applied to ``x``."""
+        lengths = self._lengths()
+        # unbind, not indexing: in backward one stack instead of a zero-filled select each
+        weights = self._weights(x.dtype).unbind(1)
+        passes = [(first, 2), (first + 1, 3)]
+        for row, dim in (passes if rows_first else passes[::-1]):
+            n = lengths[row]
+            x = lerp_lines(x, head(self._index[:, :, row], 2, n), head(weights[row], 1, n), dim)
+        return x
 
     def _chunked(self, x: torch.Tensor, taps, out_size, rows_first: bool, out: torch.Tensor,
                  write) -> torch.Tensor:
@@ -166,17 +200,22 @@ class SeparableGrid(Grid):
         return out
 
     def sample(self, x: torch.Tensor) -> torch.Tensor:
-        if not chunked_cpu_inference(x, self.knots_y, self.knots_x):
-            return separable_resample(x, *self._sample_taps, self.out_size, rows_first=True)
+        if not cpu_kernels(x, self.knots):
+            return self._resample(x, 0, rows_first=True)
+        taps = self._taps(0), self._taps(1)
+        if not chunked_cpu_inference(x, self.knots):
+            return separable_resample(x, *taps, self.out_size, rows_first=True)
         out = x.new_empty((*x.shape[:2], *self.out_size))
 
         def write(part, start, stop):
             out[:, start:stop] = part
 
-        return self._chunked(x, self._sample_taps, self.out_size, True, out, write)
+        return self._chunked(x, taps, self.out_size, True, out, write)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return separable_resample(y, *self._inverse_taps, self.in_size, rows_first=False)
+        if not cpu_kernels(y, self.knots):
+            return self._resample(y, 2, rows_first=False)
+        return separable_resample(y, self._taps(2), self._taps(3), self.in_size, rows_first=False)
 
     def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor,
                          out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -196,9 +235,10 @@ class SeparableGrid(Grid):
         if shortcut.shape != (*y.shape[:2], *self.in_size):
             raise ValueError(f"shortcut has shape {tuple(shortcut.shape)}, the restored map "
                              f"{(*y.shape[:2], *self.in_size)}")
-        if not chunked_cpu_inference(y, shortcut, self.knots_y, self.knots_x):
+        if not (cpu_kernels(y, shortcut, self.knots)
+                and chunked_cpu_inference(y, shortcut, self.knots)):
             return add_relu_(self.inverse(y), shortcut)
-        dtype = torch.result_type(y, shortcut)
+        dtype = torch.promote_types(y.dtype, shortcut.dtype)
         if out is None or not _fits(out, shortcut.shape, dtype, y, shortcut):
             out = torch.empty(shortcut.shape, device=y.device, dtype=dtype)
 
@@ -207,4 +247,5 @@ class SeparableGrid(Grid):
             torch.add(part, shortcut[:, start:stop], out=chunk)
             chunk.relu_()  # while the chunk is still in cache
 
-        return self._chunked(y, self._inverse_taps, self.in_size, False, out, write)
+        return self._chunked(y, (self._taps(2), self._taps(3)), self.in_size, False, out, write)
+

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from .tensor_ops import needs_grad, tracing_or_compiling
 
-__all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "separable_resample",
-           "chunk_channels", "chunked_cpu_inference"]
+__all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "lerp_lines", "cpu_kernels",
+           "separable_resample", "chunk_channels", "chunked_cpu_inference"]
 
 
 # Full-size bytes per channel chunk of the CPU inference paths of SeparableGrid.sample and
@@ -91,31 +91,40 @@ def _dense_resample(x: torch.Tensor, row_taps, col_taps) -> torch.Tensor:
     return torch.matmul(torch.matmul(a_y, x), a_x.transpose(2, 3)).contiguous()
 
 
-def _gather_resample(x: torch.Tensor, row_taps, col_taps, rows_first: bool) -> torch.Tensor:
-    """:func:`separable_resample` as two gathers per pass (``torch.export`` / ``torch.compile``).
+def lerp_lines(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: int
+               ) -> torch.Tensor:
+    """Linear interpolation of whole lines of ``x`` along ``dim`` (2: rows, 3: columns), in
+    two ops: one gather of both taps, one ``lerp``.
 
-    The same interpolation, ``(1 - frac) * x[left] + frac * x[right]`` per line with the
-    weights in ``x``'s dtype, written without the ``embedding_bag`` layout: that path
-    merges symbolic sizes in views (which ``torch.export`` cannot prove valid for every
-    size), and the dense path is chosen by size. Gathers have clean symbolic shapes and
-    export to ONNX (``GatherElements``).
+    Output line ``l`` of image ``n`` is ``lerp(x[index[n, 0, l]], x[index[n, 1, l]],
+    weight[n, l])``. The layout is kept: a channels-last ``x`` is resampled as its NHWC view,
+    and the result is channels-last too (no hidden full-size copies); the dtype is ``x``'s.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``.
+        index (Tensor): ``(N, 2, L)`` long, left and right line of each output line.
+        weight (Tensor): ``(N, L)`` weight of the right line, in ``x``'s dtype.
+        dim (int): 2 or 3.
     """
-    n = x.shape[0]
-
-    def lerp(t, taps, dim):
-        left, right, frac = taps
-        shape = [n, 1, 1, 1]
-        shape[dim] = left.shape[1]
-        out_shape = list(t.shape)
-        out_shape[dim] = left.shape[1]
-        a = t.gather(dim, left.view(shape).expand(out_shape))
-        b = t.gather(dim, right.view(shape).expand(out_shape))
-        frac = frac.view(shape)
-        return a * (1 - frac).to(t.dtype) + b * frac.to(t.dtype)
-
-    if rows_first:
-        return lerp(lerp(x, row_taps, 2), col_taps, 3).contiguous()
-    return lerp(lerp(x, col_taps, 3), row_taps, 2).contiguous()
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        x, dim = x.permute(0, 2, 3, 1), dim - 1  # (N, H, W, C), contiguous
+    n, length = index.shape[0], index.shape[2]
+    pairs = x.unsqueeze(1)  # (N, 1, ...): both taps gathered in one op
+    out_shape = [n, 2, *x.shape[1:]]
+    out_shape[dim + 1] = length
+    index_shape = [n, 2, 1, 1, 1]
+    index_shape[dim + 1] = length
+    taps = pairs.expand(n, 2, *x.shape[1:]).gather(dim + 1, index.view(index_shape).expand(out_shape))
+    weight_shape = [n, 1, 1, 1]
+    weight_shape[dim] = length
+    left, right = taps.unbind(1)  # (its backward is one stack, not two zero-filled selects)
+    weight = weight.view(weight_shape)
+    if channels_last:
+        # lerp of the NCHW views: a new channels-last tensor, not a view of one (an in-place
+        # op on a view, e.g. the block's residual add, costs autograd full-size copies)
+        left, right, weight = (t.permute(0, 3, 1, 2) for t in (left, right, weight))
+    return torch.lerp(left, right, weight)
 
 
 def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
@@ -141,8 +150,6 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     Returns:
         Tensor: ``(N, C, h, w)``, contiguous.
     """
-    if torch.compiler.is_compiling():  # one path whatever the (symbolic) size
-        return _gather_resample(x, row_taps, col_taps, rows_first)
     n, c, H, W = x.shape
     h, w = out_size
     # Training only: a traced graph (export) records the inference path, whatever the
@@ -172,6 +179,17 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     # rows: table (n, c, y) of w -> (n, c, h, w)
     out = _resample_rows(xr.reshape(n * c * H, w), bag("rows", row_taps, H, False))
     return out.view(n, c, h, w)
+
+
+def cpu_kernels(*tensors) -> bool:
+    """Whether the CPU resampling kernels (``embedding_bag`` passes, dense matrices, channel
+    chunks) run: eager or traced PyTorch on the CPU, maps not channels-last (those kernels
+    read NCHW lines; they would copy an NHWC map). Elsewhere (GPUs, ``torch.compile``,
+    ``torch.export``, channels-last maps) one gather and one ``lerp`` per pass
+    (:func:`lerp_lines`), which keeps the layout."""
+    return (all(t.device.type == "cpu" for t in tensors) and not torch.compiler.is_compiling()
+            and not any(t.dim() == 4 and not t.is_contiguous()
+                        and t.is_contiguous(memory_format=torch.channels_last) for t in tensors))
 
 
 def chunk_channels(n: int, c: int, size: Tuple[int, int], element_size: int) -> int:

@@ -1,6 +1,7 @@
 """The SSB block's sampler module: predicts a saliency from features and makes the
 :class:`~ssb_det.layers.grid.Grid` that samples them (map maths in
 :mod:`~ssb_det.layers.sampling_maps`)."""
+from fractions import Fraction
 from typing import Optional, Tuple
 
 import torch
@@ -9,10 +10,10 @@ from torch import nn
 
 from .export_guards import refuse_scripting
 from .grid import SeparableGrid
+from .lattice import Lattice, Regions
 from .misc import SaliencyConv
-from .sampling_maps import (identity_knots, recasens_knots_1d, sampled_size,
-                            valid_pooling_matrices)
-from .tensor_ops import as_grid_tensor, autocast_off, size_tensor, to_grid_dtype
+from .sampling_maps import sampled_size, separable_knots
+from .tensor_ops import as_grid_tensor, autocast_off, to_grid_dtype
 
 __all__ = ["SaliencySampler"]
 
@@ -51,6 +52,10 @@ class SaliencySampler(nn.Module):
         if not saliency_bound >= 0:
             raise ValueError(f"saliency_bound must be >= 0 (0: unbounded), got {saliency_bound}")
         self.ratio = float(ratio)
+        # The ratio as a fraction of ints: torch.compile(dynamic=True) makes float attributes
+        # symbolic, and a size computed from a symbolic float cannot cross a checkpoint.
+        fraction = Fraction(self.ratio).limit_denominator(1 << 16)
+        self._ratio_num, self._ratio_den = fraction.numerator, fraction.denominator
         self.grid_size = int(grid_size)
         self.padding = int(padding)
         self.sigma = float(sigma)
@@ -70,7 +75,23 @@ class SaliencySampler(nn.Module):
                 f"sigma={self.sigma}, uniform={self.uniform}, saliency_bound={self.saliency_bound}")
 
     def out_size(self, h: int, w: int) -> Tuple[int, int]:
+        if torch.compiler.is_compiling() or isinstance(h, torch.SymInt):
+            # round(ratio * n) half up in integer maths, as sampled_size for these ratios
+            p, q = self._ratio_num, self._ratio_den
+            return tuple(torch.sym_max(1, (2 * p * n + q) // (2 * q)) for n in (h, w))
         return sampled_size(h, self.ratio), sampled_size(w, self.ratio)
+
+    def _lattice(self, in_size, valid_size, device) -> Lattice:
+        """The grid's size-only tensors; ``valid_size``: None, ``(N, 2)`` sizes or the
+        stage's :class:`~ssb_det.layers.lattice.Regions` (shared by its blocks)."""
+        return self._regions(valid_size, device).lattice(
+            tuple(in_size), self.out_size(*in_size), self.ratio, self.grid_size, device)
+
+    @staticmethod
+    def _regions(valid_size, device) -> Regions:
+        if isinstance(valid_size, Regions):
+            return valid_size
+        return Regions(None if valid_size is None else as_grid_tensor(valid_size, device))
 
     def saliency(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(N, G, G)`` saliency distribution in grid precision (sums to 1 per image).
@@ -83,7 +104,9 @@ class SaliencySampler(nn.Module):
         n, g = x.shape[0], self.grid_size
         if self.uniform:
             return to_grid_dtype(torch.full((n, g, g), 1.0 / (g * g), device=x.device))
-        return torch.softmax(self._logits(x, valid_size), dim=1).view(n, g, g)
+        with autocast_off(x.device.type):
+            lat = self._lattice(x.shape[-2:], valid_size, x.device)
+            return torch.softmax(self._logits(x, lat), dim=1).view(n, g, g)
 
     def logits(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(N, G * G)`` pooled saliency logits (bounded, if ``saliency_bound``) in grid
@@ -96,13 +119,11 @@ class SaliencySampler(nn.Module):
         """
         if self.uniform:
             raise ValueError("a uniform sampler (uniform=True) has no saliency logits")
-        valid = None
-        if valid_size is not None:
-            valid = self._valid_sizes(valid_size, x.shape[-2:], x.device)[0]
-        return self._logits(x, valid)
+        with autocast_off(x.device.type):
+            return self._logits(x, self._lattice(x.shape[-2:], valid_size, x.device))
 
-    def _logits(self, x, valid_size):
-        """:meth:`logits` with ``valid_size`` checked by :meth:`_valid_sizes` (or None)."""
+    def _logits(self, x, lat: Lattice):
+        """:meth:`logits` over the regions of ``lat`` (its pooling windows; none: the map)."""
         g = self.grid_size
         # A 1x1 conv without bias commutes with average pooling, so either can come first.
         # Half-precision features are pooled first and the conv runs on the G x G map in
@@ -113,22 +134,17 @@ class SaliencySampler(nn.Module):
         conv = self.saliency_conv
         full_precision = x.dtype in (torch.float32, torch.float64)
         dtype = x.dtype if full_precision else torch.promote_types(x.dtype, torch.float32)
-        with autocast_off(x.device.type):
-            if valid_size is None:
-                if full_precision:
-                    logits = F.adaptive_avg_pool2d(conv(x), (g, g))
-                else:
-                    pooled = F.adaptive_avg_pool2d(x, (g, g)).to(dtype)
-                    logits = conv(pooled)
-            else:  # the same windows, over each image's region (see valid_pooling_matrices)
-                H, W = x.shape[-2:]
-                rows = valid_pooling_matrices(valid_size[:, 0], H, g, x.dtype)[:, None]
-                cols = valid_pooling_matrices(valid_size[:, 1], W, g, x.dtype)[:, None]
-                if full_precision:
-                    logits = rows @ conv(x) @ cols.transpose(2, 3)
-                else:
-                    pooled = (rows @ x @ cols.transpose(2, 3)).to(dtype)
-                    logits = conv(pooled)
+        if lat.pool_rows is None:
+            if full_precision:
+                logits = F.adaptive_avg_pool2d(conv(x), (g, g))
+            else:
+                logits = conv(F.adaptive_avg_pool2d(x, (g, g)).to(dtype))
+        elif full_precision:  # the same windows, over each image's region
+            c = conv(x).to(lat.pool_rows.dtype).flatten(1, 2)  # (N, H, W)
+            logits = torch.bmm(torch.bmm(lat.pool_rows, c), lat.pool_cols)
+        else:
+            rows, cols = lat.pool_rows[:, None].to(x.dtype), lat.pool_cols[:, None].to(x.dtype)
+            logits = conv((rows @ x @ cols).to(dtype))
         # nan_to_num: features of a diverged run (NaN/Inf) must still give a valid grid, so
         # that the NaN reaches the loss and Detectron2 reports the divergence, instead of
         # NaN positions crashing the interpolation's indexing.
@@ -137,16 +153,6 @@ class SaliencySampler(nn.Module):
             logits = self.saliency_bound * torch.tanh(logits / self.saliency_bound)
         return logits
 
-    def _valid_sizes(self, valid_size, in_size, device):
-        """Checked ``(N, 2)`` valid sizes of the full map and of the sampled map (grid dtype)."""
-        H, W = in_size
-        v = as_grid_tensor(valid_size, device)
-        if v.dim() != 2 or v.shape[1] != 2:
-            raise ValueError(f"valid_size must have shape (N, 2), got {tuple(v.shape)}")
-        v = torch.minimum(v.round().clamp(min=1.0), size_tensor((H, W), v))
-        out = torch.floor(v * self.ratio + 0.5).clamp(min=1.0)  # sampled_size, per image
-        return v, out
-
     def forward(self, x: torch.Tensor, valid_size: Optional[torch.Tensor] = None):
         """Build the grid for feature map ``x`` (``(N, C, H, W)``).
 
@@ -154,20 +160,29 @@ class SaliencySampler(nn.Module):
             x (Tensor): the features the saliency is predicted from.
             valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region
                 of a padded batch (clamped to ``[1, H] x [1, W]``); each image is then
-                sampled as if it were alone. None: every image fills the map.
+                sampled as if it were alone. None: every image fills the map. A stage may
+                pass a :class:`~ssb_det.layers.lattice.Regions` of those sizes instead, shared
+                by its blocks.
 
         Returns:
             Grid: call ``.sample`` / ``.inverse`` on it.
         """
-        H, W = x.shape[-2:]
         with autocast_off(x.device.type):
-            valid = None if valid_size is None else self._valid_sizes(valid_size, (H, W), x.device)
+            regions = self._regions(valid_size, x.device)
+            lat = self._lattice(x.shape[-2:], regions, x.device)
             if self.uniform:
-                n, g = x.shape[0], self.grid_size
-                ky = kx = to_grid_dtype(identity_knots(n, g, x.device))
-                return self._grid(ky, kx, (H, W), valid)
-            saliency = self.saliency(x, None if valid is None else valid[0])
-            return self._grid_of_saliency(saliency, (H, W), valid)
+                return self._uniform_grid(x.shape[0], lat, x.dtype)
+            saliency = torch.softmax(self._logits(x, lat), dim=1)
+            operator = regions.operator(self.grid_size, self.padding, self.sigma,
+                                        saliency.device, saliency.dtype)
+            knots, steps = separable_knots(saliency, self.padding, self.sigma, operator)
+            return SeparableGrid.of_lattice(knots, steps, lat, x.dtype)
+
+    def _uniform_grid(self, n: int, lat: Lattice, dtype):
+        g = self.grid_size
+        knots = torch.arange(g + 1, device=lat.zero.device, dtype=lat.zero.dtype) / g
+        return SeparableGrid.of_lattice(knots.expand(n, 2, g + 1), knots.diff().expand(n, 2, g),
+                                        lat, dtype)
 
     def grid_from_saliency(self, saliency: torch.Tensor, in_size: Tuple[int, int],
                            valid_size: Optional[torch.Tensor] = None):
@@ -178,20 +193,7 @@ class SaliencySampler(nn.Module):
             in_size (tuple[int, int]): full size ``(H, W)`` of the feature map.
             valid_size (Tensor or None): as :meth:`forward`.
         """
-        valid = None
-        if valid_size is not None:
-            valid = self._valid_sizes(valid_size, in_size, saliency.device)
-        return self._grid_of_saliency(saliency, in_size, valid)
-
-    def _grid_of_saliency(self, saliency, in_size, valid):
-        """:meth:`grid_from_saliency` with sizes checked by :meth:`_valid_sizes` (or None)."""
         with autocast_off(saliency.device.type):
-            ky = recasens_knots_1d(saliency.sum(dim=2), self.padding, self.sigma)
-            kx = recasens_knots_1d(saliency.sum(dim=1), self.padding, self.sigma)
-            return self._grid(ky, kx, in_size, valid)
-
-    def _grid(self, ky, kx, in_size, valid):
-        """The grid object; ``valid`` is :meth:`_valid_sizes`' pair or None."""
-        H, W = in_size
-        valid = (None, None) if valid is None else valid
-        return SeparableGrid(ky, kx, (H, W), self.out_size(H, W), *valid)
+            lat = self._lattice(tuple(in_size), valid_size, saliency.device)
+            knots, steps = separable_knots(to_grid_dtype(saliency), self.padding, self.sigma)
+            return SeparableGrid.of_lattice(knots, steps, lat)

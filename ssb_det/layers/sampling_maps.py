@@ -25,16 +25,19 @@ MPS), whatever the features' dtype, so reduced precision and extreme saliency lo
 make them leave the image or turn non-finite.
 """
 import functools
+import math
 
 import torch
 
-from .tensor_ops import to_grid_dtype, tracing_or_compiling
+from .tensor_ops import may_cache, to_grid_dtype
 
 __all__ = [
     "SALIENCY_FLOOR",
     "sampled_size",
     "identity_knots",
     "recasens_knots_1d",
+    "separable_knots",
+    "recasens_operator",
     "interp_knots",
     "invert_knots",
     "valid_pooling_matrices",
@@ -64,10 +67,6 @@ def sampled_size(size: int, ratio: float) -> int:
     return torch.sym_max(1, torch.sym_int(ratio * size + 0.5))
 
 
-def _pixel_centres(n: int, device, dtype=torch.float32) -> torch.Tensor:
-    return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
-
-
 def _gaussian_kernel(padding: int, sigma: float, device, dtype) -> torch.Tensor:
     d = torch.arange(-padding, padding + 1, device=device, dtype=dtype)
     return torch.exp(-0.5 * (d / sigma) ** 2)
@@ -94,48 +93,112 @@ def identity_knots(batch: int, grid_size: int, device=None, dtype=torch.float64)
     return k.expand(batch, grid_size + 1).contiguous()
 
 
-def _floor_marginal(m: torch.Tensor) -> torch.Tensor:
-    # 1 / G in m's dtype: under torch.jit.trace G is a traced integer tensor, and a Python
-    # float divided by it would be computed in the default dtype (float32).
-    return m * (1.0 - SALIENCY_FLOOR) + SALIENCY_FLOOR / m.new_full((), m.shape[-1])
-
-
-def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
-    """:func:`_build_recasens_matrices`, cached in eager mode.
-
-    Not cached while ``torch.export`` / ``torch.compile`` traces: tensors made there are
-    fake, and a cached fake tensor would poison every later eager call (garbage outputs);
-    the graph builds them instead (a few small ops). Nor under ``torch.jit.trace``, so that
-    every trace records the same graph (a cache hit would record a constant where a miss
-    recorded the ops, and ``torch.jit.trace``'s check would see two graphs).
-    """
-    if tracing_or_compiling():
-        return _build_recasens_matrices(g, padding, sigma, device, dtype)
-    return _cached_recasens_matrices(g, padding, sigma, device, dtype)
-
-
-def _build_recasens_matrices(g: int, padding: int, sigma: float, device, dtype):
-    """``(G, G)`` matrices of the two kernel sums of the 1-D Recasens formula.
+def _recasens_matrices(g: int, padding: int, sigma: float, device, dtype) -> torch.Tensor:
+    """``(G, 2, G)``: the matrices of the two kernel sums of the 1-D Recasens formula.
 
     With the marginal replicate-padded by ``P`` cells, ``den[p] = sum_t k[t] m_pad[p + t]``
     and ``num[p] = sum_t k[t] d[t] m_pad[p + t]`` (``t`` over the ``2P + 1`` kernel taps,
     ``d[t] = (t - P) / G`` the offset of the tap). A padded cell is a copy of the nearest
     edge cell, so both are ``m @ A`` with ``A[q, p]`` the summed weights of the taps of output
-    ``p`` that read cell ``q``. They depend on the configuration only.
+    ``p`` that read cell ``q``: ``[:, 0]`` for ``den``, ``[:, 1]`` for ``num``. They depend on
+    the configuration only.
     """
-    k = _gaussian_kernel(padding, sigma, device, dtype)
-    t = torch.arange(-padding, padding + 1, device=device)
-    src = (torch.arange(g, device=device)[:, None] + t[None, :]).clamp(0, g - 1)  # (p, t) -> q
-    den = torch.zeros(g, g, device=device, dtype=dtype)
-    num = torch.zeros(g, g, device=device, dtype=dtype)
-    cols = torch.arange(g, device=device)[:, None].expand_as(src)
-    den.index_put_((src.reshape(-1), cols.reshape(-1)), k.expand_as(src).reshape(-1), accumulate=True)
-    num.index_put_((src.reshape(-1), cols.reshape(-1)), (k * t.to(dtype) / g).expand_as(src).reshape(-1),
-                   accumulate=True)
-    return den, num
+    t = torch.arange(-padding, padding + 1, device=device, dtype=dtype)
+    k = torch.exp((t / sigma).square() * -0.5)
+    taps = torch.stack([k, k * t / g])  # (2, T): den and num weights of each tap
+    cells = torch.arange(g, device=device, dtype=dtype)
+    src = (cells[:, None] + t).clamp(0, g - 1)  # (p, t) -> q read by tap t of output p
+    reads = (src[:, :, None] == cells).to(dtype)  # (p, t, q)
+    return torch.einsum("dt,ptq->qdp", taps, reads)
 
 
-_cached_recasens_matrices = functools.lru_cache(maxsize=64)(_build_recasens_matrices)
+def _corner_matrix(g: int, device, dtype) -> torch.Tensor:
+    """``(G, G + 1)``: :func:`_centres_to_corners` as a matrix (it is linear)."""
+    return _centres_to_corners(torch.eye(g, device=device, dtype=dtype), dim=1)
+
+
+def _build_recasens_operator(g: int, padding: int, sigma: float, device, dtype):
+    """The whole map maths from saliency to knots, folded into two affine maps.
+
+    Every step but two divisions is linear: the marginals, the floor mix, the kernel sums
+    (:func:`_recasens_matrices`), the centres-to-corners extrapolation and subtracting the
+    first corner. So a saliency ``(N, G * G)`` gives its kernel sums, both axes, in one
+    ``addmm`` (``sums = s @ W + b``, columns ``(den | num, axis, cell)``), and the offsets
+    ``num / den`` give the corners minus the first corner and their differences in another
+    (``e = offset @ C + c``, columns ``G + 1`` corners then ``G`` steps): the knots and steps
+    are ``e`` over its last corner. Returns ``(W, b, C, c)`` and the 1-D ``(W1, b1)``
+    (columns ``(den | num, cell)``) that :func:`recasens_knots_1d` applies to a marginal.
+    Built in a few dozen small ops: where it cannot be cached (fake tensors, tracing) it is
+    built once per forward.
+    """
+    a = _recasens_matrices(g, padding, sigma, device, dtype)  # (G, 2, G)
+    a1 = a.reshape(g, 2 * g) * (1.0 - SALIENCY_FLOOR)  # the floor mix folded in
+    b1 = a.sum(0).reshape(2 * g) * (SALIENCY_FLOOR / g)
+    # cell (p, q) of the saliency adds to row p's marginal (axis y) and column q's (axis x)
+    w = torch.stack([a1.view(g, 1, 2, g).expand(g, g, 2, g),
+                     a1.view(1, g, 2, g).expand(g, g, 2, g)], 3)  # (p, q, den|num, axis, i)
+    b = b1.view(2, 1, g).expand(2, 2, g)
+    corners = _corner_matrix(g, device, dtype)
+    identity = torch.arange(g + 1, device=device, dtype=dtype) / g  # corners of the centres
+    c_mat = torch.cat([corners - corners[:, :1], corners.diff(dim=1)], 1)
+    c_vec = torch.cat([identity - identity[0], identity.diff()])
+    return w.reshape(g * g, 4 * g), b.reshape(4 * g), c_mat, c_vec, a1, b1
+
+
+def recasens_operator(g: int, padding: int, sigma: float, device, dtype):
+    """:func:`_build_recasens_operator`, cached where :func:`~.tensor_ops.may_cache` allows
+    (never with fake, traced or compiled tensors: a cached fake tensor fails or poisons every
+    later call, and a trace must record the ops). Inference-mode tensors are cached apart:
+    autograd cannot save them for a later backward."""
+    if not may_cache():
+        return _build_recasens_operator(g, padding, sigma, device, dtype)
+    return _cached_recasens_operator(g, padding, sigma, device, dtype,
+                                     torch.is_inference_mode_enabled())
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_recasens_operator(g, padding, sigma, device, dtype, inference_mode):
+    return _build_recasens_operator(g, padding, sigma, device, dtype)
+
+
+def _knots_of_offsets(offset: torch.Tensor, c_mat: torch.Tensor, c_vec: torch.Tensor):
+    """``(knots, steps)`` of ``(M, G)`` Recasens offsets (see :func:`_build_recasens_operator`)."""
+    g = offset.shape[-1]
+    e = torch.addmm(c_vec, offset, c_mat)
+    # Pin the ends: an affine rescale keeps the map strictly increasing and inside the image
+    # (Recasens clamps instead, which makes flat, non-invertible stretches at the borders).
+    # e's first corner is exactly 0, so its last is the span.
+    e = e / e[:, g:g + 1]
+    return e.split([g + 1, g], 1)  # (its backward is one cat)
+
+
+def separable_knots(saliency: torch.Tensor, padding: int, sigma: float, operator=None):
+    """Knots and steps of both axes' Recasens maps of a 2-D saliency, in four small ops.
+
+    Args:
+        saliency (Tensor): ``(N, G, G)`` (or ``(N, G * G)``) distribution, grid dtype.
+        padding (int), sigma (float): see :func:`recasens_knots_1d`.
+        operator (tuple or None): :func:`recasens_operator` of these, if the caller has it.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``(N, 2, G + 1)`` knots (rows ``y``, ``x``) as
+        :func:`recasens_knots_1d` of the row and column marginals, and their ``(N, 2, G)``
+        differences.
+    """
+    n = saliency.shape[0]
+    s = saliency.reshape(n, -1)
+    g = math.isqrt(int(s.shape[1]))  # G is the sampler's constant
+    if operator is None:
+        operator = recasens_operator(g, int(padding), float(sigma), s.device, s.dtype)
+    w, b, c_mat, c_vec, _, _ = operator
+    sums = torch.addmm(b, s, w).view(n, 2, 2, g)  # (den | num, axis, cell)
+    # u(p) = sum_q S(q) k(p-q) X(q) / sum_q S(q) k(p-q), written as the cell centre X(p) plus
+    # the weighted mean offset X(q) - X(p): the same formula, but a uniform S gives an
+    # offset that cancels to ~1e-9 instead of a ratio of sums rounded to ~1e-7.
+    den, num = sums.unbind(1)
+    offset = num / den
+    knots, steps = _knots_of_offsets(offset.view(2 * n, g), c_mat, c_vec)
+    return knots.view(n, 2, g + 1), steps.view(n, 2, g)
 
 
 def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> torch.Tensor:
@@ -150,25 +213,14 @@ def recasens_knots_1d(marginal: torch.Tensor, padding: int, sigma: float) -> tor
         Tensor: ``(N, G + 1)`` knots (in ``grid_dtype``) of ``phi`` at ``t = k / G``: strictly
         increasing, from exactly 0 to exactly 1. A constant marginal gives the identity.
     """
-    m = _floor_marginal(to_grid_dtype(marginal))
-    n, g = m.shape
-    # u(p) = sum_q S(q) k(p-q) X(q) / sum_q S(q) k(p-q), written as the cell centre X(p) plus
-    # the weighted mean offset X(q) - X(p): the same formula, but a uniform S gives an
-    # offset that cancels to ~1e-9 instead of a ratio of sums rounded to ~1e-7.
-    # Both sums are linear in S, so they are one small matrix product each (see
-    # _recasens_matrices): two ops instead of a pad and two convolutions, which matters on
-    # a CPU shared by other processes, where every multi-threaded op can stall.
+    m = to_grid_dtype(marginal)
     # int(g): under tracing a shape entry is a traced value; G is the sampler's constant, so
     # the matrices are built from the number (a cache key in eager, constants in a trace).
-    den_mat, off_mat = _recasens_matrices(int(g), int(padding), float(sigma), m.device, m.dtype)
-    den = m @ den_mat
-    offset = (m @ off_mat) / den
-    u = _pixel_centres(g, m.device, m.dtype) + offset  # phi at the cell centres, (N, G)
-    c = _centres_to_corners(u, dim=1)
-    # Pin the ends: an affine rescale keeps the map strictly increasing and inside the image
-    # (Recasens clamps instead, which makes flat, non-invertible stretches at the borders).
-    c0, c1 = c[:, :1], c[:, -1:]
-    return (c - c0) / (c1 - c0)
+    g = int(m.shape[1])
+    _, _, c_mat, c_vec, a1, b1 = recasens_operator(g, int(padding), float(sigma), m.device,
+                                                    m.dtype)
+    sums = torch.addmm(b1, m, a1)
+    return _knots_of_offsets(sums[:, g:] / sums[:, :g], c_mat, c_vec)[0]
 
 
 def interp_knots(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ import weakref
 import torch
 
 __all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad",
-           "tracing_or_compiling", "size_tensor", "autocast_off", "add_relu_", "sole_reference"]
+           "tracing_or_compiling", "may_cache", "size_tensor", "head", "autocast_off",
+           "add_relu_", "sole_reference"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -47,6 +48,18 @@ def tracing_or_compiling() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def may_cache() -> bool:
+    """Whether a tensor made now may be kept for later calls: eager PyTorch, no fake, proxy
+    or functional tensor mode active (FLOP/memory estimators, ``make_fx``: their tensors are
+    not real, and a cached one fails or poisons any later call), not tracing or compiling
+    (a trace must record the ops, not a constant)."""
+    if tracing_or_compiling():
+        return False
+    keys = torch._C._TorchDispatchModeKey
+    return all(torch._C._get_dispatch_mode(k) is None
+               for k in (keys.FAKE, keys.PROXY, keys.FUNCTIONAL))
+
+
 def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
     """``(len(sizes),)`` tensor of the sizes, in ``like``'s dtype and device.
 
@@ -55,6 +68,15 @@ def size_tensor(sizes, like: torch.Tensor) -> torch.Tensor:
     and ``new_full`` records in the graph.
     """
     return torch.stack([like.new_full((), s) for s in sizes])
+
+
+def head(t: torch.Tensor, dim: int, n) -> torch.Tensor:
+    """The first ``n`` entries of ``t`` along ``dim``: a view (``narrow``); under
+    ``torch.jit.trace`` with a traced size, an ``index_select`` the trace records (slicing
+    would fix ``n`` to the example's value)."""
+    if isinstance(n, torch.Tensor):
+        return t.index_select(dim, torch.arange(n, device=t.device))
+    return t.narrow(dim, 0, n)
 
 
 def autocast_off(device_type: str):
@@ -73,7 +95,10 @@ def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``relu(out + other)``, written into ``out`` when the sum keeps its dtype (as
     Detectron2's blocks do: no second full-size map). ``out`` must be the caller's own
     tensor, made in this call and seen by no one else."""
-    out = out.add_(other) if out.dtype == torch.result_type(out, other) else out + other
+    # promote_types, not result_type: torch.compile cannot trace result_type (a graph break
+    # in every block); dimensioned operands promote by dtype alone, like the sum does.
+    same = out.dtype == other.dtype or out.dtype == torch.promote_types(out.dtype, other.dtype)
+    out = out.add_(other) if same else out + other
     return out.relu_()
 
 

@@ -18,6 +18,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, Defo
 
 from ..config import HOSTS
 from ..layers import as_grid_tensor, grid_dtype, sole_reference
+from ..layers.lattice import Regions
 from . import blocks as _blocks
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .bot_blocks import BoTBlock, SSBBoTBlock
@@ -106,12 +107,15 @@ class SampledStage(nn.Sequential):
         super().__init__(*blocks)
         self.in_stride = int(in_stride)
 
-    def forward(self, x, image_sizes: Optional[torch.Tensor] = None):
+    def forward(self, x, image_sizes: Optional[torch.Tensor] = None, *,
+                shared: Optional[dict] = None):
         """
         Args:
             x (Tensor): the stage input.
             image_sizes (Tensor or None): ``(N, 2)`` image sizes in input pixels, in
                 :func:`~ssb_det.layers.grid_dtype`; None: every image fills the batch.
+            shared (dict or None): the forward's memo, shared by the stages (see
+                :class:`~ssb_det.layers.lattice.Regions`).
         """
         stride = self.in_stride
         recycle = _blocks.may_reuse_memory()
@@ -120,14 +124,17 @@ class SampledStage(nn.Sequential):
         # block to write its output into (it does if the map fits) instead of allocating
         # (and page-faulting) a new one; otherwise it is freed as soon as it is dead.
         spare = None
+        # one per stride: its blocks share its lattices (see Regions)
+        regions, regions_stride = None, None
         for i, block in enumerate(blocks):
-            regions = None
-            if image_sizes is not None and isinstance(block, (SSBBottleneckBlock, BoTBlock)):
-                regions = region_sizes(image_sizes, stride)  # of the block's input
+            # ``stride``: of the block's input (an SSB block keeps it; a BoT block may halve it)
             if isinstance(block, SSBBottleneckBlock):
+                if regions_stride != stride:
+                    sizes = None if image_sizes is None else region_sizes(image_sizes, stride)
+                    regions, regions_stride = Regions(sizes, shared), stride
                 y = block(x, regions, spare)
             elif isinstance(block, BoTBlock):
-                y = block(x, regions)
+                y = block(x, None if image_sizes is None else region_sizes(image_sizes, stride))
             else:
                 y = block(x)
             stride *= block.stride
@@ -185,8 +192,10 @@ class SSBResNet(ResNet):
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
+        shared = {}  # made once per forward for every stage (see Regions)
         for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x, image_sizes)
+            # by keyword: hooks and tracers that replay a stage see its two inputs only
+            x = stage(x, image_sizes, shared=shared)
             if name in self._out_features:
                 outputs[name] = x
         if self.num_classes is not None:
@@ -370,7 +379,13 @@ def ssb_resnet(
         deform_modulated, deform_num_groups: as ``MODEL.RESNETS.DEFORM_MODULATED`` and
             ``DEFORM_NUM_GROUPS``.
         out_features (Sequence[str]): features to return, e.g. ``["res2", ..., "res5"]``.
-        freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...).
+        freeze_at (int): stages to freeze (0 none, 1 the stem, 2 stem and res2, ...), as
+            Detectron2's ResNet: a frozen stage is frozen whole, its saliency convs included.
+            So with ``FREEZE_AT 2`` (Detectron2's default for ImageNet starts) res2's
+            zero-initialised saliency convs stay at zero and res2 samples uniformly; use
+            ``FREEZE_AT 1`` to learn where res2 samples. Kept so because the documented
+            accuracy runs (docs/accuracy.md) were trained so, and because a frozen stage
+            of an SSB-pretrained backbone keeps its learned sampling.
         grid_size, grid_padding, kernel_sigma, uniform, saliency_bound, inverse_position: sampler
             options, see ``MODEL.SSB`` in :mod:`ssb_det.config`.
         se_ratio (float): SE ratio of the ResNet-RS host (ignored by the plain host).

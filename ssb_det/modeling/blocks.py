@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import (DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad,
                       sole_reference, tracing_or_compiling)
+from ..layers.resample import cpu_kernels
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks",
            "ssb_blocks", "may_reuse_memory"]
@@ -193,7 +194,10 @@ class SSBBottleneckBlock(RSBottleneckBlock):
                 # This call's own projection, which no hook kept: the output may overwrite
                 # it instead of page-faulting a new full-size map.
                 out = shortcut
-            return grid.inverse_add_relu(self.expand_sampled(b), shortcut, out=out)
+            # The CPU kernels restore from the (h, w)-transposed layout (see expand_sampled);
+            # gather + lerp keeps the map's own layout (channels-last stays channels-last).
+            c = self.expand_sampled(b) if cpu_kernels(b, shortcut) else self.expand(b)
+            return grid.inverse_add_relu(c, shortcut, out=out)
         return F.relu_(self.expand(grid.inverse(b)) + self.project(x))
 
     def expand_sampled(self, b):

@@ -1,8 +1,10 @@
-"""SamplingStatsHook: every learned SSB block's statistics reach the EventStorage in training."""
+"""SamplingStatsHook: every learned SSB block's statistics reach the EventStorage in training,
+read from the device once per logging period (no sync in the other steps)."""
 import types
 
 import torch
 from detectron2.utils.events import EventStorage
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssb_det import ssb_resnet
 from ssb_det.engine.sampling_log import SamplingStatsHook
@@ -22,43 +24,80 @@ def _model(**kw):
     return model
 
 
-def test_hook_logs_each_learned_block_with_the_grid_statistics():
+def _syncs():
+    """A dispatch mode counting device-to-host reads of a scalar (``.item()``, ``float()``)."""
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+    return Count()
+
+
+def test_hook_logs_the_period_means_of_each_learned_block_reading_only_at_logging_steps():
     model = _model()
     names = {n: b.sampler for n, b in learned_ssb_blocks(model).items()}
     # depth 50, ratios 0.5/0.5/0.5/1: every stride-1 block of res2..res4 samples (all of
     # res2; res3 and res4 but their strided first blocks).
     assert sorted(names) == sorted([f"res2.{i}" for i in range(3)] + [f"res3.{i}" for i in (1, 2, 3)]
                                    + [f"res4.{i}" for i in range(1, 6)])
-    hook = SamplingStatsHook()
-    hook.trainer = types.SimpleNamespace(model=model)
-    x = torch.randn(2, 3, 64, 96)
-    expected = {}
+    period, steps = 2, 3
+    hook = SamplingStatsHook(period=period)
+    hook.trainer = types.SimpleNamespace(model=model, iter=0, max_iter=steps)
+    expected = {}  # name -> per-step [kl, ratio], recorded independently of the hook
 
     def record(name):
         def hook(module, inputs, grid):
-            if name not in expected:  # the training forward's grid
+            if module.training:
                 stats = separable_statistics(grid.knots_y.detach(), grid.knots_x.detach())
-                expected[name] = [float(v.mean()) for v in stats]
+                expected.setdefault(name, []).append([v.mean() for v in stats])  # read later
         return hook
 
-    for name, sampler in names.items():  # the grids each block builds, recorded independently
-        sampler.register_forward_hook(record(name))
     hook.before_train()
+    for name, sampler in names.items():
+        sampler.register_forward_hook(record(name))
+    logged_at = {}
     with EventStorage(0) as storage:
-        model.train()
-        model(x)
-        logged = {k: v[0] for k, v in storage.latest().items()}
-        model.eval()
-        with torch.no_grad():
-            model(x)  # evaluation forwards are not logged
-        assert {k: v[0] for k, v in storage.latest().items()} == logged
+        for step in range(steps):
+            hook.trainer.iter = storage.iter = step
+            model.train()
+            x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(step))
+            counter = _syncs()
+            with counter:
+                model(x)
+                model.eval()
+                with torch.no_grad():
+                    model(x)  # evaluation forwards are not logged
+            assert counter.n == 0  # the training forward read nothing from the device
+            hook.after_step()
+            logged_at[step] = {k: v for k, v in storage.latest().items()}
     hook.after_train()
-    assert set(logged) == {f"ssb/{n}/{s}" for n in names for s in ("kl", "density_ratio")}
-    for name, (kl, ratio) in expected.items():
-        assert logged[f"ssb/{name}/kl"] == kl > 0
-        assert logged[f"ssb/{name}/density_ratio"] == ratio > 1
+    # Logging steps: the 2nd (period) and the 3rd (the last), each with the mean of the
+    # training forwards since the previous one.
+    assert logged_at[0] == {}
+    assert {v[1] for v in logged_at[1].values()} == {1}
+    assert {v[1] for v in logged_at[2].values()} == {2}
+    assert set(logged_at[2]) == {f"ssb/{n}/{s}" for n in names for s in ("kl", "density_ratio")}
+    for name, per_step in expected.items():
+        for key, i in (("kl", 0), ("density_ratio", 1)):
+            values = [float(step[i]) for step in per_step]
+            assert abs(logged_at[1][f"ssb/{name}/{key}"][0] - (values[0] + values[1]) / 2) < 1e-12
+            assert logged_at[2][f"ssb/{name}/{key}"][0] == values[2]
+            assert values[0] > (0 if key == "kl" else 1)
     # after_train removed its hooks: only the recording hook of this test is left.
     assert all(len(s._forward_hooks) == 1 for s in names.values())
+
+
+def test_the_statistics_hook_is_placed_just_before_the_writer():
+    from detectron2.engine import hooks
+    from ssb_det.engine.sampling_log import insert_before_writer
+
+    writer, other = hooks.PeriodicWriter([], period=5), hooks.IterationTimer()
+    stats = SamplingStatsHook(period=5)
+    assert insert_before_writer([other, writer], stats) == [other, stats, writer]
+    assert insert_before_writer([other], stats) == [other, stats]
 
 
 def test_uniform_and_plain_models_have_nothing_to_log():

@@ -251,20 +251,30 @@ def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(mo
     assert results[1][2].abs().sum() > 0  # the positions do receive gradients
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("rows_first", [True, False])
-def test_export_gather_resample_equals_embedding_bag(rows_first):
-    # The path torch.export / torch.compile record (resample._gather_resample): the same
-    # interpolation as the eager path, on a map stored transposed as the inverse gets it.
-    from ssb_det.layers.resample import _gather_resample, interp_taps, separable_resample
+def test_gather_lerp_resample_equals_embedding_bag_and_keeps_the_layout(rows_first, channels_last):
+    # The path of GPUs, torch.compile and torch.export (resample.lerp_lines, one gather and
+    # one lerp per pass): the same interpolation as the CPU's embedding_bag path; a
+    # channels-last map comes back channels-last.
+    from ssb_det.layers.resample import interp_taps, lerp_lines, separable_resample
 
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 17, 13, dtype=torch.float64).transpose(2, 3)  # (2, 5, 13, 17)
+    x = torch.randn(2, 5, 13, 17, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     ys = (torch.rand(2, 7, dtype=torch.float64) * 14 - 0.5).sort(1).values
     xs = (torch.rand(2, 9, dtype=torch.float64) * 18 - 0.5).sort(1).values
     taps = interp_taps(ys, 13), interp_taps(xs, 17)
-    out = _gather_resample(x, *taps, rows_first=rows_first)
-    assert out.shape == (2, 5, 7, 9) and out.is_contiguous()
-    torch.testing.assert_close(out, separable_resample(x, *taps, (7, 9), rows_first=rows_first),
+    out = x
+    for (left, right, frac), dim in ([(taps[0], 2), (taps[1], 3)] if rows_first
+                                     else [(taps[1], 3), (taps[0], 2)]):
+        out = lerp_lines(out, torch.stack([left, right], 1), frac, dim)
+    assert out.shape == (2, 5, 7, 9)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(out, separable_resample(x.contiguous(), *taps, (7, 9),
+                                                       rows_first=rows_first),
                                rtol=1e-12, atol=1e-12)
 
 

@@ -142,6 +142,11 @@ def test_freeze_at(freeze_at, trainable_prefixes):
     assert trainable == set(trainable_prefixes)
     assert frozen.isdisjoint(trainable)
     assert frozen == {"stem", "res2", "res3", "res4", "res5"}.difference(trainable_prefixes)
+    # A frozen stage is frozen whole, its saliency convs included (see ssb_resnet's
+    # freeze_at): at FREEZE_AT 2 res2 keeps its zero saliency and samples uniformly.
+    saliency = {n.split(".")[0]: p.requires_grad for n, p in bottom_up.named_parameters()
+                if n.endswith("saliency_conv.weight")}
+    assert saliency == {s: s in trainable_prefixes for s in ("res2", "res3", "res4")}
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN", "GN", "SyncBN"])

@@ -167,8 +167,8 @@ def test_each_block_samples_the_region_an_image_alone_would_fill(host):
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, SSBBottleneckBlock):
-            def hook(module, args, name=name):
-                regions[name.split(".")[0]] = args[1].tolist()
+            def hook(module, args, name=name):  # the stage's Regions, shared by its blocks
+                regions[name.split(".")[0]] = args[1].sizes.tolist()
             handles.append(m.sampler.register_forward_pre_hook(hook))
     with torch.no_grad():
         model(x)
