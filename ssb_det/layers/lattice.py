@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .sampling_maps import recasens_operator
-from .tensor_ops import grid_dtype, head, may_cache, size_tensor
+from .tensor_ops import grid_dtype, head, may_cache, size_tensor, tracing_or_compiling
 
 __all__ = ["Lattice", "Regions", "lattice", "region_sizes_of"]
 
@@ -180,8 +180,9 @@ class Regions:
         """The lattice of a sampler of ``ratio`` and ``grid_size`` on maps of ``in_size``."""
         key = ("lattice", ratio, int(grid_size))
         made = self._made.get(key)
-        # Under torch.jit.trace sizes are traced values: a stage's blocks share its size.
-        if made is None or not torch.jit.is_tracing() and (
+        # Tracing or compiling, sizes are traced or symbolic values, and comparing them would
+        # record a constant or a guard: a stage's blocks share its size.
+        if made is None or not tracing_or_compiling() and (
                 made.in_size != tuple(in_size) or made.out_size != tuple(out_size)):
             if self.sizes is None:
                 made = lattice(in_size, out_size, grid_size, device=device)

@@ -75,7 +75,10 @@ class SaliencySampler(nn.Module):
                 f"sigma={self.sigma}, uniform={self.uniform}, saliency_bound={self.saliency_bound}")
 
     def out_size(self, h: int, w: int) -> Tuple[int, int]:
-        if torch.compiler.is_compiling() or isinstance(h, torch.SymInt):
+        # torch.export keeps the float maths (its sizes must not alias the next stage's:
+        # the exported graph would compute one from the other, wrong outside its range)
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+        if not exporting and (torch.compiler.is_compiling() or isinstance(h, torch.SymInt)):
             # round(ratio * n) half up in integer maths, as sampled_size for these ratios
             p, q = self._ratio_num, self._ratio_den
             return tuple(torch.sym_max(1, (2 * p * n + q) // (2 * q)) for n in (h, w))
@@ -140,7 +143,7 @@ class SaliencySampler(nn.Module):
             else:
                 logits = conv(F.adaptive_avg_pool2d(x, (g, g)).to(dtype))
         elif full_precision:  # the same windows, over each image's region
-            c = conv(x).to(lat.pool_rows.dtype).flatten(1, 2)  # (N, H, W)
+            c = conv(x).to(lat.pool_rows.dtype).squeeze(1)  # (N, H, W), no reshape to export
             logits = torch.bmm(torch.bmm(lat.pool_rows, c), lat.pool_cols)
         else:
             rows, cols = lat.pool_rows[:, None].to(x.dtype), lat.pool_cols[:, None].to(x.dtype)
