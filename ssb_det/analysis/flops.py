@@ -129,7 +129,7 @@ NOT_COUNTED_OPS = (
     "aten::exp", "aten::exp_", "aten::log", "aten::log2", "aten::sqrt", "aten::rsqrt",
     "aten::sigmoid", "aten::sigmoid_", "aten::tanh", "aten::abs", "aten::clamp_min",
     "aten::clamp_min_", "aten::clamp_max", "aten::maximum", "aten::minimum", "aten::ceil",
-    "aten::round", "aten::relu6",
+    "aten::round", "aten::relu6", "aten::addcmul", "aten::square", "aten::diff",
     "aten::hardtanh", "aten::hardtanh_", "aten::silu", "aten::silu_", "aten::gelu",
     # comparisons and logic
     "aten::lt", "aten::le", "aten::ne", "aten::logical_and", "aten::logical_or",
@@ -142,7 +142,8 @@ NOT_COUNTED_OPS = (
     "aten::index_add_", "aten::scatter", "aten::scatter_add", "aten::masked_select",
     "aten::pad", "aten::replication_pad1d", "aten::replication_pad2d",
     "aten::reflection_pad2d", "aten::repeat", "aten::repeat_interleave", "aten::expand_as",
-    "aten::view_as", "aten::flip", "aten::meshgrid", "aten::linspace", "aten::clone",
+    "aten::view_as", "aten::flip", "aten::meshgrid", "aten::linspace", "aten::eye",
+    "aten::clone",
     "aten::contiguous", "aten::lift_fresh", "aten::alias", "aten::fill_", "aten::zero_",
     "aten::new_ones", "aten::ones_like", "aten::empty_like", "aten::detach_",
     "aten::masked_fill_", "aten::clamp_", "aten::floor_", "aten::numel", "aten::dim",

@@ -107,12 +107,13 @@ def test_uniform_and_plain_models_have_nothing_to_log():
 
 def test_hook_logs_the_ssb_bot_blocks_too():
     model = _model(host="botnet")  # res5's three blocks attend over sampled maps
-    hook = SamplingStatsHook()
-    hook.trainer = types.SimpleNamespace(model=model)
+    hook = SamplingStatsHook(period=1)
+    hook.trainer = types.SimpleNamespace(model=model, iter=0, max_iter=1)
     hook.before_train()
     with EventStorage(0) as storage:
         model.train()
         model(torch.randn(2, 3, 64, 96))
+        hook.after_step()  # a logging step
         logged = set(storage.latest())
     hook.after_train()
     assert {f"ssb/res5.{i}/kl" for i in range(3)} <= logged
