@@ -79,6 +79,11 @@ def float64_peaked(module):
 
 
 F64_RTOL = 1e-9
+# SSB-BoT50 with peaked saliencies: eager builds its sampling lattices once and caches them,
+# a trace or an exported program recomputes them in its graph; the two round differently in
+# the last bits, and four sampled stages and res5's global attention over peaked logits
+# amplify that by several orders of magnitude before the output.
+BOT_F64_RTOL = 1e-7
 
 
 @pytest.fixture(scope="module")
@@ -590,15 +595,16 @@ def test_bot_trace_equals_eager_at_any_size_and_padding(ssb_bot_backbone, enable
         wrapper = BackboneExport(ssb_resnet(depth=50, host="botnet", enabled=False, norm="BN",
                                             stem_out_channels=8, res2_out_channels=16,
                                             width_per_group=4).double().eval()).eval()
+    rtol = BOT_F64_RTOL if enabled else F64_RTOL  # the twin samples nothing
     traced = export_torchscript(wrapper, torch.randn(2, 3, 64, 96, dtype=torch.float64))
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for size in ((64, 96),) + OTHER_SIZES:
             x = torch.randn(2, 3, *size, dtype=torch.float64, generator=gen)
-            assert_close_relative(wrapper(x), traced(x), rtol=F64_RTOL)
+            assert_close_relative(wrapper(x), traced(x), rtol=rtol)
         # The attention's key mask follows each image's region, inferred at run time.
         x = padded_batch((96, 128), (70, 100), gen, torch.float64)
-        assert_close_relative(wrapper(x), traced(x), rtol=F64_RTOL)
+        assert_close_relative(wrapper(x), traced(x), rtol=rtol)
 
 
 def test_ssb_bot_torch_export_with_dynamic_size_equals_eager_at_other_sizes(ssb_bot_backbone,
@@ -612,7 +618,7 @@ def test_ssb_bot_torch_export_with_dynamic_size_equals_eager_at_other_sizes(ssb_
     with torch.no_grad():
         for size in ((256, 128), (128, 128), (160, 224)):
             x = torch.randn(1, 3, *size, dtype=torch.float64, generator=gen)
-            assert_close_relative(ssb_bot_backbone(x), program(x), rtol=F64_RTOL)
+            assert_close_relative(ssb_bot_backbone(x), program(x), rtol=BOT_F64_RTOL)
 
 
 def test_ssb_bot_onnx_equals_eager_at_any_size_in_onnxruntime(tmp_path):
