@@ -1,8 +1,8 @@
 """One-shot check of SSB-R50 against R50 on a GPU (``benchmarks/gpu_check.py``).
 
 For each model (the SSB-R50 bottom-up and its plain twin, ``MODEL.SSB.ENABLED False``),
-eager and compiled, fp32 and AMP (fp16, bf16), NCHW and channels-last, and each batch at
-800x1216: inference latency, throughput, peak memory and kernel launches (profiler); then
+eager (fp32 and AMP fp16/bf16, NCHW and channels-last) and compiled (inductor: fp32 NCHW and
+fp16 channels-last, two compilations per model), and each batch at 800x1216: inference latency, throughput, peak memory and kernel launches (profiler); then
 one 224-px training step (forward, backward, SGD) per model with
 ``torch.cuda.set_sync_debug_mode("error")`` (a host sync inside it is reported), and the
 eager fp32 outputs compared with the same model on the CPU. ``small=True`` shrinks it all
@@ -113,8 +113,10 @@ def gpu_check(device: str = "cuda", small: bool = False, iters: int = 10,
             variants["compiled"] = torch.compile(model, dynamic=True, backend=compile_backend)
             for mode, m in variants.items():
                 for dtype in dtypes:
-                    if mode == "compiled" and dtype == torch.bfloat16 and not small:
-                        continue  # fp32 and fp16 compiled: the 5-minute budget
+                    if mode == "compiled" and not small and (dtype, layout) not in (
+                            (torch.float32, torch.contiguous_format),
+                            (torch.float16, torch.channels_last)):
+                        continue  # two compilations per model: the 5-minute budget
                     for batch in batches:
                         x = torch.randn(batch, 3, *size, generator=gen).to(dev, memory_format=layout)
                         if dev.type == "cuda":
@@ -139,9 +141,14 @@ def gpu_check(device: str = "cuda", small: bool = False, iters: int = 10,
                                       ms=(time.perf_counter() - start) * 1e3, syncs=syncs))
         # correctness: the device's eager fp32 outputs against the CPU's
         x = torch.randn(1, 3, *size, generator=gen)
-        with torch.no_grad():
-            want = cpu_model(x)
-            got = base.to(memory_format=torch.contiguous_format)(x.to(dev))
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:  # full fp32 on the device: TF32 would err by ~1e-3 on its own
+            with torch.no_grad():
+                want = cpu_model(x)
+                got = base.to(memory_format=torch.contiguous_format)(x.to(dev))
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         err = max(float((got[k].cpu() - want[k]).abs().max() / want[k].abs().max().clamp(min=1e-12))
                   for k in want)
         rows["correctness"].append(dict(model=name, max_rel_err=err, ok=err < 1e-3))

@@ -177,8 +177,10 @@ class SeparableGrid(Grid):
     def _resample(self, x: torch.Tensor, first: int, rows_first: bool) -> torch.Tensor:
         """Rows ``first`` and ``first + 1`` of the stacked positions applied to ``x``."""
         lengths = self._lengths()
-        # unbind, not indexing: in backward one stack instead of a zero-filled select each
-        weights = self._weights(x.dtype).unbind(1)
+        # indexing, not unbind: an unbind whose outputs are used in two checkpointed
+        # segments makes torch.compile's min-cut partitioner fail (aot_eager, inductor)
+        weights = self._weights(x.dtype)
+        weights = [weights[:, r] for r in range(4)]
         passes = [(first, 2), (first + 1, 3)]
         for row, dim in (passes if rows_first else passes[::-1]):
             n = lengths[row]
