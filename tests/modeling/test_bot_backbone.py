@@ -1,7 +1,6 @@
 """The "botnet" host of ``ssb_resnet`` and its builders: BoT50 / SSB-BoT50 and the BoTNet-S1
 depths, weights by name, each image's region, stateless forward, errors."""
 import math
-import threading
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from ssb_det.layers import SaliencySampler
 from ssb_det.modeling import (BoTBlock, SSBBoTBlock, SSBBottleneckBlock, ssb_resnet_kwargs_from_cfg,
                               build_ssb_resnet_fpn_backbone,
                               build_ssb_retinanet_resnet_fpn_backbone)
+from threads import assert_threads_match_sequential  # tests/ is on sys.path
 
 NARROW = dict(norm="BN", stem_out_channels=8, res2_out_channels=16, width_per_group=4)
 
@@ -127,26 +127,12 @@ def test_a_forward_leaves_no_state_and_threads_match_sequential_runs():
               for i in range(3)]
     before = {name: dict(vars(m)) for name, m in model.named_modules()}
     with torch.no_grad():
-        expected = [model(x) for x in inputs]
+        for x in inputs:
+            model(x)
     after = {name: dict(vars(m)) for name, m in model.named_modules()}
     for name in before:
         assert before[name].keys() == after[name].keys(), name
-    results = [[] for _ in inputs]
-
-    def run(i):
-        with torch.no_grad():
-            for _ in range(2):
-                results[i].append(model(inputs[i]))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    for got, want in zip(results, expected):
-        assert len(got) == 2
-        for out in got:
-            assert all(torch.equal(out[k], want[k]) for k in want)
+    assert_threads_match_sequential(model, inputs, repeats=2)
 
 
 def test_a_map_beyond_the_attention_span_names_the_key():

@@ -10,6 +10,7 @@ import torch
 import ssb_det
 from ssb_det.layers import SaliencySampler
 from ssb_det.modeling import SSBBottleneckBlock
+from threads import assert_threads_match_sequential  # tests/ is on sys.path
 
 
 def _model(**kwargs):
@@ -87,24 +88,7 @@ def test_threads_sharing_one_model_match_sequential_runs():
     model = _model()
     inputs = [_padded([(45 + 7 * i, 61), (33, 40 + 5 * i)], (45 + 7 * i, 61 + 3 * i), seed=i)
               for i in range(4)]
-    with torch.no_grad():
-        expected = [model(x) for x in inputs]
-    results = [[] for _ in inputs]
-
-    def run(i):
-        with torch.no_grad():
-            for _ in range(3):
-                results[i].append(model(inputs[i]))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    for got, want in zip(results, expected):
-        assert len(got) == 3
-        for out in got:
-            assert all(torch.equal(out[k], want[k]) for k in want)
+    assert_threads_match_sequential(model, inputs, repeats=3)
 
 
 def test_a_forward_leaves_no_state_on_the_modules():
