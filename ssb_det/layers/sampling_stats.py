@@ -23,7 +23,9 @@ def knot_statistics(knots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     widths = knots.diff(dim=1)
     widths = widths / widths.sum(dim=1, keepdim=True)
     g = widths.shape[1]
-    kl = -math.log(g) - torch.log(widths).mean(dim=1)
+    # >= 0 by Jensen's inequality; clamped so that rounding of a uniform map (exactly 0)
+    # cannot report a negative divergence.
+    kl = (-math.log(g) - torch.log(widths).mean(dim=1)).clamp(min=0.0)
     return kl, widths.amax(dim=1) / widths.amin(dim=1)
 
 
