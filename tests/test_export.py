@@ -607,6 +607,7 @@ def test_bot_trace_equals_eager_at_any_size_and_padding(ssb_bot_backbone, enable
         assert_close_relative(wrapper(x), traced(x), rtol=rtol)
 
 
+@pytest.mark.slow
 def test_ssb_bot_torch_export_with_dynamic_size_equals_eager_at_other_sizes(ssb_bot_backbone,
                                                                             tmp_path):
     # Example 128x192: res5's sampled maps are 2x3 there; a 1-line example axis would be

@@ -527,6 +527,7 @@ def test_evaluate_counts_top1_and_top5():
     assert result["top5"] == pytest.approx(100.0 * 6 / 8)
 
 
+@pytest.mark.slow
 def test_botnet_s1_pretrain_twins_build_the_s1_family_and_train(tmp_path):
     # The S1-59 pair, narrow (WIDTH_PER_GROUP 4): c5 of six attention blocks at stride 16,
     # twins differing in the saliency convs only; the SSB one trains two steps.

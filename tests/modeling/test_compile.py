@@ -47,6 +47,7 @@ def test_eval_compiles_to_one_graph_equal_to_eager():
         _close(got[k], want[k])
 
 
+@pytest.mark.slow
 def test_training_compiles_to_one_graph_equal_to_eager_in_outputs_and_gradients():
     torch._dynamo.reset()
     model = _model(norm="BN").train()
