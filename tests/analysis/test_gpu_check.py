@@ -3,6 +3,8 @@ configuration is measured, and the outputs match the CPU's."""
 import importlib.util
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
