@@ -14,6 +14,7 @@ from ssb_det.modeling import (BoTBlock, SSBBoTBlock, SSBBottleneckBlock, ssb_res
                               build_ssb_resnet_fpn_backbone,
                               build_ssb_retinanet_resnet_fpn_backbone)
 from threads import assert_threads_match_sequential  # tests/ is on sys.path
+from test_forward_safety import _padded  # tests/modeling is on sys.path
 
 NARROW = dict(norm="BN", stem_out_channels=8, res2_out_channels=16, width_per_group=4)
 
@@ -27,14 +28,6 @@ def _model(**kwargs):
             m.saliency_conv.weight.data.copy_(torch.randn(m.saliency_conv.weight.shape,
                                                           generator=gen))
     return model
-
-
-def _padded(sizes, batch_size, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.zeros(len(sizes), 3, *batch_size)
-    for i, (h, w) in enumerate(sizes):
-        x[i, :, :h, :w] = torch.randn(3, h, w, generator=gen)
-    return x
 
 
 def _types(stage):

@@ -7,16 +7,7 @@ import torch.nn.functional as F
 
 from ssb_det.layers import SaliencySampler
 from ssb_det.modeling import BoTBlock, SSBBoTBlock
-
-
-def _randomise_bn(module, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+from test_blocks import _randomise_bn  # tests/modeling is on sys.path
 
 
 def _peaked_saliency(module, seed=1):
