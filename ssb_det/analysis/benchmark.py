@@ -22,6 +22,7 @@ __all__ = [
     "peak_memory",
     "autocast_context",
     "prepare_model",
+    "make_step",
     "BenchmarkSetup",
     "benchmark_parts",
 ]
@@ -193,6 +194,8 @@ class BenchmarkSetup:
             backward of a synthetic loss, train mode).
         memory (bool): also measure the peak memory of each mode.
         clock (str): "wall" or "cpu" (see :data:`CLOCKS`).
+        compile (str or None): ``torch.compile`` backend of both bottom-ups (e.g.
+            "inductor"), compiled as ``tools/train_net.py --compile`` does; None: eager.
     """
 
     height: int = 800
@@ -206,6 +209,7 @@ class BenchmarkSetup:
     modes: Sequence[str] = ("inference", "train")
     memory: bool = True
     clock: str = "wall"
+    compile: Optional[str] = None
 
     def validate(self):
         errors = []
@@ -224,6 +228,11 @@ class BenchmarkSetup:
             errors.append(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
         if self.amp not in (None, "fp16", "bf16"):
             errors.append(f"amp must be fp16, bf16 or None, got {self.amp!r}")
+        if self.compile is not None:
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile not in backends:
+                errors.append(f"unknown torch.compile backend {self.compile!r}: use one of "
+                              f"{', '.join(backends)}")
         if errors:
             raise ValueError("invalid benchmark setup: " + "; ".join(errors))
 
@@ -233,7 +242,7 @@ def _synthetic_loss(output) -> torch.Tensor:
     return sum(v.float().mean() for v in values)
 
 
-def _step(model: nn.Module, x: torch.Tensor, mode: str, device, amp) -> Callable[[], None]:
+def make_step(model: nn.Module, x: torch.Tensor, mode: str, device, amp) -> Callable[[], None]:
     """A zero-argument function running one step of ``mode`` on ``model``."""
     if mode == "inference":
         def run():
@@ -280,7 +289,7 @@ def benchmark_parts(models: Dict[str, Dict[str, nn.Module]], setup: BenchmarkSet
             for label, module in by_label.items():
                 module = prepare_model(module, device, setup.channels_last)
                 module.train(mode == "train")
-                steps[label] = _step(module, x, mode, device, setup.amp)
+                steps[label] = make_step(module, x, mode, device, setup.amp)
             entry = {"latency": time_interleaved(steps, iters=setup.iters, warmup=setup.warmup,
                                                  device=device, clock=setup.clock)}
             if setup.memory:

@@ -7,11 +7,12 @@ import json
 import os
 import platform
 import sys
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
-from .benchmark import BenchmarkSetup, Samples, benchmark_parts
+from .benchmark import (CLOCKS, BenchmarkSetup, Samples, benchmark_parts, make_step,
+                        prepare_model)
 from .breakdown import (
     block_breakdown,
     block_input,
@@ -24,7 +25,7 @@ from .models import DetectorOutputs, build_detector, cfg_label, random_image
 from .plots import benchmark_chart
 from .report import part_macs
 
-__all__ = ["PARTS", "run_benchmark", "format_benchmark_markdown", "format_benchmark_csv",
+__all__ = ["PARTS", "run_benchmark", "compile_bottom_ups", "format_benchmark_markdown", "format_benchmark_csv",
            "benchmark_json", "write_benchmark_chart", "environment"]
 
 PARTS = ("bottom-up", "backbone", "detector")
@@ -101,6 +102,8 @@ def run_benchmark(cfg, base_cfg, setup: BenchmarkSetup, *, parts: Sequence[str] 
     image = random_image(setup.height, setup.width, seed=0, batch=setup.batch)
     det0 = detectors[labels[0]]
     normalised = (image - det0.pixel_mean.cpu()) / det0.pixel_std.cpu()
+    if setup.compile:
+        result["compile_s"] = compile_bottom_ups(detectors, normalised, setup, log)
     for part in parts:
         modules = {label: _part_module(d, part) for label, d in detectors.items()}
         result["params"][part] = {label: count_parameters(m) for label, m in modules.items()}
@@ -145,6 +148,42 @@ def run_benchmark(cfg, base_cfg, setup: BenchmarkSetup, *, parts: Sequence[str] 
     return result
 
 
+def compile_bottom_ups(detectors: dict, x: torch.Tensor, setup: BenchmarkSetup, log
+                       ) -> Dict[str, Dict[str, float]]:
+    """Compile each detector's bottom-up in place (:func:`~ssb_det.engine.compile.
+    compile_bottom_up`, backend ``setup.compile``) and time its first call in each mode,
+    which compiles that mode's graph: ``{mode: {label: seconds}}`` on ``setup.clock``.
+
+    Inductor's caches are off while it compiles, so every time is a cold compile (a graph
+    cached by an earlier run would compile in a fraction of the time).
+    """
+    import torch._inductor.config as inductor_config
+
+    from ..engine.compile import compile_bottom_up
+
+    device = torch.device(setup.device)
+    x = x.to(device)
+    if setup.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    bottom_ups = {}
+    for label, detector in detectors.items():
+        prepare_model(detector, device, setup.channels_last)
+        bottom_ups[label] = compile_bottom_up(detector, backend=setup.compile)
+    now, times = CLOCKS[setup.clock], {}
+    for mode in setup.modes:
+        times[mode] = {}
+        for label, net in bottom_ups.items():
+            log(f"compiling the {label} bottom-up ({setup.compile}, {mode})...")
+            net.train(mode == "train")
+            step = make_step(net, x, mode, device, setup.amp)
+            with inductor_config.patch(force_disable_caches=True):
+                start = now()
+                step()
+                times[mode][label] = now() - start
+            net.eval()
+    return times
+
+
 def _autocast(setup: BenchmarkSetup):
     from .benchmark import autocast_context
 
@@ -173,7 +212,10 @@ def format_benchmark_markdown(result: dict) -> str:
              f"{setup['clock']} clock, {setup['iters']} timed runs "
              f"after {setup['warmup']} warm-up, models interleaved. CPU: {env['cpu']} ({env['cpu_count']} cores); "
              f"torch {env['torch']}; load average {env.get('loadavg')} -> "
-             f"{env.get('loadavg_end')}.", "",
+             f"{env.get('loadavg_end')}."
+             + (f" Bottom-ups compiled ({setup['compile']}, fullgraph, dynamic shapes); "
+                "per-stage and per-step timings run eager." if setup.get("compile") else ""),
+             "",
              f"| metric | {a} | {b} | ratio |", "|---|---|---|---|"]
 
     def row(name, va, vb, fmt, ratio=True):
@@ -184,6 +226,9 @@ def format_benchmark_markdown(result: dict) -> str:
     if macs:
         for part in ("bottom-up", "backbone"):
             row(f"{part} GMACs", macs[a][part], macs[b][part], lambda v: f"{v / 1e9:.2f}")
+    for mode, by_label in result.get("compile_s", {}).items():
+        row(f"bottom-up compile ({mode}, first call), s", by_label[a], by_label[b],
+            lambda v: f"{v:.1f}")
     for part, p in result["params"].items():
         row(f"{part} params (M)", p[a], p[b], lambda v: f"{v / 1e6:.2f}")
     for part, modes in result["latency"].items():
@@ -239,6 +284,9 @@ def format_benchmark_csv(result: dict) -> str:
             for label, s in lat.items():
                 rows.append(f"latency_s,{part},{mode},{label},{s.median},{s.q25},{s.q75},"
                             f"{len(s.values)}")
+    for mode, by_label in result.get("compile_s", {}).items():
+        for label, v in by_label.items():
+            rows.append(f"compile_s,bottom-up,{mode},{label},{v},,,1")
     for part, modes in result.get("memory", {}).items():
         for mode, mem in modes.items():
             for label, v in mem.items():

@@ -92,6 +92,9 @@ def benchmark_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", choices=["fp16", "bf16"], default=None, help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile both bottom-ups (default backend: inductor), as "
+                        "tools/train_net.py --compile does, and time each cold compile")
     p.add_argument("--parts", nargs="+", default=["bottom-up", "backbone"],
                    choices=["bottom-up", "backbone", "detector"])
     p.add_argument("--modes", nargs="+", default=["inference", "train"],
@@ -173,7 +176,7 @@ def benchmark_main(argv=None) -> int:
                            iters=args.iters, warmup=args.warmup, device=args.device,
                            amp=args.amp, channels_last=args.channels_last,
                            modes=tuple(args.modes), memory=not args.no_memory,
-                           clock=args.clock)
+                           clock=args.clock, compile=args.compile)
     result = run_benchmark(cfg, base_cfg, setup, parts=args.parts, stages=not args.no_stages,
                            breakdown=not args.no_breakdown, macs=not args.no_macs)
     text = format_benchmark_markdown(result)

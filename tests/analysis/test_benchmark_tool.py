@@ -57,6 +57,8 @@ def test_setup_errors_name_the_problem():
         BenchmarkSetup(batch=0).validate()
     with pytest.raises(ValueError, match="clock"):
         BenchmarkSetup(clock="sundial").validate()
+    with pytest.raises(ValueError, match="unknown torch.compile backend 'inductr'"):
+        BenchmarkSetup(compile="inductr").validate()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             BenchmarkSetup(device="cuda").validate()
@@ -90,6 +92,20 @@ def test_benchmark_runs_one_tiny_iteration_and_writes_reports(tmp_path, capsys):
     assert macs["bottom-up"] == sum(macs[s] for s in ("stem", "res2", "res3", "res4", "res5"))
     img = cv2.imread(str(tmp_path / "chart.png"))
     assert img is not None and img.shape[:2] == (420, 1560)
+
+
+@pytest.mark.slow
+def test_benchmark_compiles_both_bottom_ups_and_reports_each_compile(tmp_path):
+    argv = ["--size", "64", "96", "--iters", "1", "--warmup", "0", "--output",
+            str(tmp_path / "bench"), "--compile", "eager", "--parts", "bottom-up", "--modes",
+            "inference", "--no-stages", "--no-breakdown", "--no-macs", "--no-memory"]
+    assert benchmark_main(argv) == 0
+    text = (tmp_path / "bench.md").read_text()
+    assert "Bottom-ups compiled (eager, fullgraph, dynamic shapes)" in text
+    assert "| bottom-up compile (inference, first call), s |" in text
+    rows = [r for r in csv.DictReader((tmp_path / "bench.csv").open()) if r["kind"] == "compile_s"]
+    assert {r["label"] for r in rows} == {"SSB-R50-FPN", "R50-FPN"}
+    assert all(float(r["median"]) > 0 for r in rows)
 
 
 def test_sampler_share_counts_the_restore_beyond_the_add():
