@@ -18,7 +18,6 @@ from .sampling_maps import (
     sampled_size,
     valid_pooling_matrices,
 )
-from .tensor_ops import (add_relu_, as_grid_tensor, grid_dtype, needs_grad, sole_reference,
-                         tracing_or_compiling)
+from .tensor_ops import add_relu_, as_grid_tensor, grid_dtype, needs_grad, tracing_or_compiling
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -24,7 +24,7 @@ import torch
 from .sampling_maps import recasens_operator
 from .tensor_ops import grid_dtype, head, may_cache, size_tensor, tracing_or_compiling
 
-__all__ = ["Lattice", "Regions", "lattice", "region_sizes_of"]
+__all__ = ["Lattice", "Regions", "lattice", "operator_key", "region_sizes_of"]
 
 
 class Lattice(NamedTuple):
@@ -83,20 +83,21 @@ def _build(in_size, out_size, g: int, v: Optional[torch.Tensor], vo: Optional[to
     t = (jh / vd).clamp(max=1.0)
     inside = j < vd
     # inverse rows: phi is computed as a count of cells (times G)
-    scale = torch.where(inside, torch.cat([v, vo * (1.0 / g)], 1)[..., None], 0.0)
+    scale = torch.cat([v, vo * (1.0 / g)], 1)[..., None] * inside
     # the lines past the image spread uniformly over the source's padding (its last line
     # when it has none)
+    top = n_src - 1
     slope = (n_src - vs) / (n_dst - vd).clamp(min=1.0)
     outside = torch.addcmul(vs - 0.5, jh - vd, slope)
-    outside = torch.clamp(outside, min=torch.minimum(vs, n_src - 1), max=n_src - 1)
+    outside = torch.clamp(outside, min=torch.minimum(vs, top), max=top)
     offset = torch.where(inside, -0.5, outside)
-    upper = torch.where(inside, vs - 1, n_src - 1)
+    upper = torch.where(inside, vs - 1, top)
     k = torch.arange(g, device=device, dtype=dtype)
     ramp = (t[:, :2, :, None] * g - k).clamp(0.0, 1.0)
     pool_rows = pool_cols = None
     if regions:
         pool_rows, pool_cols = _pooling(v, (H, W), g, j)
-    last = (n_src - 1).long().view(1, 1, 4, 1)
+    last = top.long().view(1, 1, 4, 1)
     pair = torch.arange(2, device=device).view(1, 2, 1, 1)
     return Lattice((H, W), (h, w), v, vo, ramp, t[:, 2:], scale, offset, upper,
                    ref.new_zeros(()), last, pair, pool_rows, pool_cols)
@@ -107,16 +108,13 @@ def _pooling(v: torch.Tensor, in_size, g: int, lines: torch.Tensor):
     ``k`` of an axis of ``v`` valid lines averages lines ``[floor(k v / G), ceil((k+1) v / G))``
     (``F.adaptive_avg_pool2d``'s windows on the region alone)."""
     k = torch.arange(g + 1, device=v.device, dtype=v.dtype)
-    start = torch.div(v[..., None] * k[:-1], g, rounding_mode="floor")  # (N, 2, G)
-    end = torch.div(v[..., None] * k[1:] + (g - 1), g, rounding_mode="floor")
-    # 1 where start <= line < end (whole numbers), then divided by the window's length
-    inside = torch.minimum(lines + 1 - start[..., None], end[..., None] - lines).clamp(0.0, 1.0)
-    pool = inside / (end - start)[..., None]  # (N, 2, G, L)
+    bounds = v[..., None] * k / g  # (N, 2, G + 1), exact where whole (k v is)
+    start, end = bounds[..., :-1].floor()[..., None], bounds[..., 1:].ceil()[..., None]
+    inside = (lines >= start) & (lines < end)  # (N, 2, G, L)
+    pool = inside / (end - start)
     H, W = in_size
-    # clone, not contiguous: one copy each whatever the sizes (a constant op count)
-    fmt = torch.contiguous_format
-    return (head(pool[:, 0], 2, H).clone(memory_format=fmt),
-            head(pool[:, 1], 2, W).transpose(1, 2).clone(memory_format=fmt))
+    # views (bmm reads them as they are strided)
+    return head(pool[:, 0], 2, H), head(pool[:, 1], 2, W).transpose(1, 2)
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,6 +153,12 @@ def region_sizes_of(sizes: torch.Tensor, in_size, ratio: float):
     return v, torch.floor(v * ratio + 0.5).clamp(min=1.0)
 
 
+def operator_key(grid_size: int, padding: int, sigma: float, dtype: torch.dtype) -> tuple:
+    """The key of a Recasens operator in a forward's memo (see :class:`Regions`): a model
+    that keeps its operators (as buffers) puts them in the memo under it."""
+    return ("operator", int(grid_size), int(padding), float(sigma), dtype)
+
+
 class Regions:
     """What the blocks of one stage share in one forward: each image's region of their maps
     (or none), and the lattices and Recasens operators made for them. The stage makes it
@@ -166,7 +170,8 @@ class Regions:
         sizes (Tensor or None): ``(N, 2)`` rows and columns of each image's region; None:
             every image fills the maps.
         shared (dict or None): a memo of the whole forward (the backbone's), where the
-            Recasens operators are kept for every stage.
+            Recasens operators are kept for every stage (under :func:`operator_key`; a memo
+            given with them is used as it is).
     """
 
     def __init__(self, sizes: Optional[torch.Tensor] = None, shared: Optional[dict] = None):
@@ -194,7 +199,7 @@ class Regions:
 
     def operator(self, grid_size: int, padding: int, sigma: float, device, dtype):
         """:func:`~ssb_det.layers.sampling_maps.recasens_operator`, made once here."""
-        key = ("operator", int(grid_size), int(padding), float(sigma), dtype)
+        key = operator_key(grid_size, padding, sigma, dtype)
         if key not in self._shared:
             self._shared[key] = recasens_operator(int(grid_size), int(padding), float(sigma),
                                                   device, dtype)

@@ -2,14 +2,12 @@
 needed", sizes and regions as tensors, autocast off, and the residual add + ReLU into the
 caller's own tensor."""
 import contextlib
-import sys
-import weakref
 
 import torch
 
 __all__ = ["grid_dtype", "to_grid_dtype", "as_grid_tensor", "needs_grad",
            "tracing_or_compiling", "may_cache", "size_tensor", "head", "autocast_off",
-           "add_relu_", "sole_reference"]
+           "add_relu_"]
 
 
 def grid_dtype(device) -> torch.dtype:
@@ -100,32 +98,3 @@ def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     same = out.dtype == other.dtype or out.dtype == torch.promote_types(out.dtype, other.dtype)
     out = out.add_(other) if same else out + other
     return out.relu_()
-
-
-def sole_reference(t: torch.Tensor) -> bool:
-    """Whether the caller's variable is the only way to reach ``t`` and its memory, so that
-    reusing the memory changes nothing anyone else can see (an allocator's check before it
-    reuses a block).
-
-    False if anything else refers to ``t`` (a list, a hook, a wrapper's closure, a NumPy
-    array, a weak reference), to its storage (a view, a detached alias, the storage object)
-    or owns it from C++ (autograd); if ``t`` is a view itself, needs a gradient, is not a
-    plain strided tensor (a subclass, a tracer's or compiler's tensor), or the running
-    PyTorch cannot count references. Call it as ``sole_reference(x)`` with ``x`` a local
-    variable of the caller's frame.
-    """
-    count_storage = getattr(torch._C, "_storage_Use_Count", None)
-    if (count_storage is None or not hasattr(t, "_use_count") or type(t) is not torch.Tensor
-            or t.layout != torch.strided or t.requires_grad or t._base is not None
-            or t._use_count() != 1 or weakref.getweakrefcount(t) != 0):
-        return False
-    probe = object()  # held by this frame alone
-    # The caller's variable and this call's argument: one more than the probe.
-    if sys.getrefcount(t) != sys.getrefcount(probe) + 1:
-        return False
-    # A storage is owned by its tensors and by its Python object, which PyTorch may also
-    # reference internally: compare with the storage of a tensor held by this frame alone.
-    alone = torch.empty(0)
-    storage, alone_storage = t.untyped_storage(), alone.untyped_storage()
-    return (count_storage(storage._cdata) == count_storage(alone_storage._cdata)
-            and sys.getrefcount(storage) == sys.getrefcount(alone_storage))

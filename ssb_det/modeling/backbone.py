@@ -17,9 +17,9 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, DeformBottleneckBlock
 
 from ..config import HOSTS
-from ..layers import as_grid_tensor, grid_dtype, sole_reference
-from ..layers.lattice import Regions
-from . import blocks as _blocks
+from ..layers import as_grid_tensor, grid_dtype
+from ..layers.lattice import Regions, operator_key
+from ..layers.sampling_maps import recasens_operator
 from .blocks import INVERSE_POSITIONS, RSBottleneckBlock, SSBBottleneckBlock
 from .bot_blocks import BoTBlock, SSBBoTBlock
 from .stems import DeepLabStem, RSStem
@@ -118,29 +118,20 @@ class SampledStage(nn.Sequential):
                 :class:`~ssb_det.layers.lattice.Regions`).
         """
         stride = self.in_stride
-        recycle = _blocks.may_reuse_memory()
-        blocks = list(self)
-        # An earlier block's output that nothing references any more, kept only for an SSB
-        # block to write its output into (it does if the map fits) instead of allocating
-        # (and page-faulting) a new one; otherwise it is freed as soon as it is dead.
-        spare = None
         # one per stride: its blocks share its lattices (see Regions)
         regions, regions_stride = None, None
-        for i, block in enumerate(blocks):
+        for block in self:
             # ``stride``: of the block's input (an SSB block keeps it; a BoT block may halve it)
             if isinstance(block, SSBBottleneckBlock):
                 if regions_stride != stride:
                     sizes = None if image_sizes is None else region_sizes(image_sizes, stride)
                     regions, regions_stride = Regions(sizes, shared), stride
-                y = block(x, regions, spare)
+                x = block(x, regions)
             elif isinstance(block, BoTBlock):
-                y = block(x, None if image_sizes is None else region_sizes(image_sizes, stride))
+                x = block(x, None if image_sizes is None else region_sizes(image_sizes, stride))
             else:
-                y = block(x)
+                x = block(x)
             stride *= block.stride
-            next_is_ssb = i + 1 < len(blocks) and isinstance(blocks[i + 1], SSBBottleneckBlock)
-            spare = x if recycle and next_is_ssb and sole_reference(x) else None
-            x = y
         return x
 
 
@@ -172,6 +163,29 @@ class SSBResNet(ResNet):
             setattr(self, name, stage)  # same name, same place among the children
             self.stages[i] = stage
             in_stride = self._out_feature_strides[name]
+        # The Recasens operators of the samplers' settings are constants of the model: kept
+        # as non-persistent buffers (not in checkpoints; moved by .to()), no forward makes
+        # them, not even where nothing can be cached (fake tensors, traces, compiled graphs).
+        settings = sorted({(b.sampler.grid_size, b.sampler.padding, b.sampler.sigma)
+                           for stage in self.stages for b in stage
+                           if isinstance(b, SSBBottleneckBlock) and not b.sampler.uniform})
+        self._operators = {}
+        for i, setting in enumerate(settings):
+            tensors = recasens_operator(*setting, "cpu", torch.float64)
+            self._operators[setting] = [f"recasens_operator{i}_{j}" for j in range(len(tensors))]
+            for name, t in zip(self._operators[setting], tensors):
+                self.register_buffer(name, t.clone(), persistent=False)
+
+    def _memo(self, device) -> dict:
+        """A forward's memo (see :class:`~ssb_det.layers.lattice.Regions`) holding the
+        model's Recasens operators, where they are in the grid dtype (a model cast to half
+        precision makes them again, in the grid dtype)."""
+        memo = {}
+        for setting, names in self._operators.items():
+            tensors = tuple(getattr(self, name) for name in names)
+            if tensors[0].dtype == grid_dtype(device):
+                memo[operator_key(*setting, tensors[0].dtype)] = tensors
+        return memo
 
     def forward(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
         """As ``ResNet.forward``.
@@ -192,7 +206,7 @@ class SSBResNet(ResNet):
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
-        shared = {}  # made once per forward for every stage (see Regions)
+        shared = self._memo(x.device)  # one per forward for every stage (see Regions)
         for name, stage in zip(self.stage_names, self.stages):
             # by keyword: hooks and tracers that replay a stage see its two inputs only
             x = stage(x, image_sizes, shared=shared)

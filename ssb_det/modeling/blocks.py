@@ -12,23 +12,13 @@ from fvcore.nn import weight_init
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import (DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad,
-                      sole_reference, tracing_or_compiling)
-from ..layers.resample import cpu_kernels
+from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks",
-           "ssb_blocks", "may_reuse_memory"]
+           "ssb_blocks"]
 
 # Where an SSB block restores the full size (see SSBBottleneckBlock).
 INVERSE_POSITIONS = ("after_conv3", "before_conv3")
-
-
-def may_reuse_memory() -> bool:
-    """Whether a forward may write into memory it has shown that nothing else references
-    (:func:`~ssb_det.layers.sole_reference`) instead of allocating: not while tracing or
-    compiling, whose tensors are not ordinary ones. The one switch of the SSB blocks' and
-    stages' reuse (``SSBBottleneckBlock.forward``, ``SampledStage``)."""
-    return not tracing_or_compiling()
 
 
 class RSBottleneckBlock(CNNBlockBase):
@@ -167,18 +157,13 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             sigma=kernel_sigma, uniform=uniform, saliency_bound=saliency_bound,
         )
 
-    def forward(self, x, valid_size=None, out=None):
+    def forward(self, x, valid_size=None):
         """
         Args:
             x (Tensor): ``(N, C, H, W)``.
             valid_size (Tensor or None): ``(N, 2)`` rows and columns of each image's region
                 of ``x`` in a padded batch (see :class:`SaliencySampler`); None: every image
                 fills the map.
-            out (Tensor or None): memory for the output that nothing else references (the
-                stage passes an earlier block's output it has shown to be unreferenced, see
-                :func:`~ssb_det.layers.sole_reference`); see :meth:`Grid.inverse_add_relu`.
-                Without it, a projection block offers its own shortcut's output if nothing
-                else holds it.
         """
         a = self.reduce(x)
         grid = self.sampler(a, valid_size)
@@ -186,28 +171,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             return self._forward_recomputing(a, grid, x)
         b = self.conv3x3(grid.sample(a))
         if self.inverse_position == "after_conv3":
-            # The restore, the residual add and the ReLU in one call: at full size these are
-            # memory passes, and the fused form makes fewer (see inverse_add_relu).
-            shortcut = self.project(x)
-            if (out is None and self.shortcut is not None and may_reuse_memory()
-                    and sole_reference(shortcut)):
-                # This call's own projection, which no hook kept: the output may overwrite
-                # it instead of page-faulting a new full-size map.
-                out = shortcut
-            # The CPU kernels restore from the (h, w)-transposed layout (see expand_sampled);
-            # gather + lerp keeps the map's own layout (channels-last stays channels-last).
-            c = self.expand_sampled(b) if cpu_kernels(b, shortcut) else self.expand(b)
-            return grid.inverse_add_relu(c, shortcut, out=out)
+            return grid.inverse_add_relu(self.expand(b), self.project(x))
         return F.relu_(self.expand(grid.inverse(b)) + self.project(x))
-
-    def expand_sampled(self, b):
-        """:meth:`expand` of the sampled map, returned in the ``(h, w)``-transposed memory
-        layout that the separable inverse starts from.
-
-        conv3 and the SE gate act per pixel, so they may run on the transposed map: the copy
-        that layout needs is then made of the ``f``-channel input, not of the ``4f`` output.
-        """
-        return self.expand(b.transpose(2, 3)).transpose(2, 3)
 
     def _conv3_recomputable(self) -> bool:
         # Recomputing a training-mode BatchNorm would update its running statistics twice.

@@ -6,9 +6,9 @@ import sys
 from typing import Optional, Sequence
 
 __all__ = ["accuracy_study_parser", "pretrain_compare_parser", "batch_dependence_parser",
-           "saliency_diagnosis_parser", "recycling_ab_parser", "accuracy_study_main",
+           "saliency_diagnosis_parser", "accuracy_study_main",
            "pretrain_compare_args", "pretrain_compare_main", "batch_dependence_main",
-           "saliency_diagnosis_main", "recycling_ab_main", "make_tables_parser",
+           "saliency_diagnosis_main", "make_tables_parser",
            "make_tables_main", "visualize_sampling_main"]
 
 
@@ -138,24 +138,6 @@ def saliency_diagnosis_main(argv: Optional[Sequence[str]] = None) -> int:
     from .saliency_diagnosis import main
 
     return main(saliency_diagnosis_parser().parse_args(argv))
-
-
-def recycling_ab_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="A/B of the SSB blocks' memory reuse: SSB-R50 bottom-up with and without "
-                    "it, and R50.")
-    parser.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
-    parser.add_argument("--iters", type=int, default=7, help="timed runs per model and order")
-    return parser
-
-
-def recycling_ab_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``projects/SSBStudy/recycling_ab.py``: prints the table."""
-    from .recycling_ab import format_table, recycling_ab
-
-    args = recycling_ab_parser().parse_args(argv)
-    print(format_table(recycling_ab(args.size, args.iters)))
-    return 0
 
 
 def make_tables_parser() -> argparse.ArgumentParser:
