@@ -93,7 +93,7 @@ def test_the_op_count_depends_on_the_blocks_only_not_on_batch_width_or_size():
 
 
 @pytest.mark.xfail(strict=True, reason="issue 31's bound, not met yet: the SSB-R50 bottom-up "
-                   "counts about 4.5x its plain twin on the CUDA path (see docs/benchmarks.md)")
+                   "counts about 4.1x its plain twin on the CUDA path (see docs/benchmarks.md)")
 def test_the_ssb_r50_bottom_up_launches_at_most_3x_the_ops_of_its_plain_twin():
     x = torch.randn(1, 3, 256, 320)
     ssb, plain = (_count(ssb_resnet(enabled=e, norm="FrozenBN").eval(), x) for e in (True, False))
