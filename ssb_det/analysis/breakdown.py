@@ -29,7 +29,7 @@ def block_steps(block: nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], obj
 
     For an :class:`SSBBottleneckBlock` the steps are the block's own named steps:
     ``conv1`` (``reduce``), ``saliency``, ``grid``, ``sample``, ``conv3x3``, ``conv1x1``
-    (``expand``), ``inverse``, ``add+relu`` (unfused, into a fresh
+    (``expand_sampled`` or ``expand``), ``inverse``, ``add+relu`` (unfused, into a fresh
     map), the fused ``inverse+add+relu`` the block runs with
     ``inverse_position="after_conv3"``, and ``shortcut`` (``project``) when it is a
     projection. For a plain bottleneck (Detectron2's ``BottleneckBlock`` or
@@ -67,9 +67,9 @@ def _ssb_steps(block: SSBBottleneckBlock, x: torch.Tensor, steps: dict) -> None:
     steps["sample"] = lambda: grid.sample(a)
     steps["conv3x3"] = lambda: block.conv3x3(s)
     if block.inverse_position == "after_conv3":
-        c = block.expand(b)
+        c = block.expand_sampled(b)
         full = grid.inverse(c)
-        steps["conv1x1"] = lambda: block.expand(b)
+        steps["conv1x1"] = lambda: block.expand_sampled(b)
         steps["inverse"] = lambda: grid.inverse(c)
         steps["inverse+add+relu"] = lambda: grid.inverse_add_relu(c, shortcut)
     else:

@@ -1,7 +1,7 @@
 """Resampling kernels of separable grids: two 1-D linear interpolations per map. One gather
-and one ``lerp`` per pass everywhere (:func:`lerp_lines`), except CPU training, whose
-backward pays for kernels of its own (:func:`separable_resample`: ``embedding_bag`` passes
-over contiguous lines; dense interpolation matrices for small maps)."""
+and one ``lerp`` per pass (:func:`lerp_lines`) on GPUs and in compiled graphs; the CPU has
+kernels of its own (:func:`separable_resample`: ``embedding_bag`` passes over contiguous
+lines; dense interpolation matrices for small maps in training)."""
 from typing import Tuple
 
 import torch
@@ -166,13 +166,12 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
 
 
 def cpu_kernels(*tensors) -> bool:
-    """Whether the CPU training kernels (:func:`separable_resample`) run: eager PyTorch on
-    the CPU, a gradient needed, maps not channels-last (those kernels read NCHW lines; they
-    would copy an NHWC map). Their backward (matrix products or ``embedding_bag``'s) beats
-    the gathers' scatter on the CPU; everywhere else (GPUs, CPU inference, tracing,
-    ``torch.compile`` / ``torch.export``, channels-last maps) one gather and one ``lerp``
-    per pass (:func:`lerp_lines`), which keeps the layout (see docs/benchmarks.md)."""
-    return (all(t.device.type == "cpu" for t in tensors) and needs_grad(*tensors)
-            and not tracing_or_compiling()
+    """Whether the CPU resampling kernels (:func:`separable_resample`: ``embedding_bag``
+    passes, dense matrices for small maps in training) run: eager or traced PyTorch on the
+    CPU, maps not channels-last (those kernels read NCHW lines; they would copy an NHWC map).
+    Elsewhere (GPUs, ``torch.compile``, ``torch.export``, channels-last maps) one gather and
+    one ``lerp`` per pass (:func:`lerp_lines`), which keeps the layout. On the CPU the
+    kernels pay, in inference and in training (see docs/benchmarks.md)."""
+    return (all(t.device.type == "cpu" for t in tensors) and not torch.compiler.is_compiling()
             and not any(t.dim() == 4 and not t.is_contiguous()
                         and t.is_contiguous(memory_format=torch.channels_last) for t in tensors))

@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
+from ..layers.resample import cpu_kernels
 
 __all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks",
            "ssb_blocks"]
@@ -171,8 +172,21 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             return self._forward_recomputing(a, grid, x)
         b = self.conv3x3(grid.sample(a))
         if self.inverse_position == "after_conv3":
-            return grid.inverse_add_relu(self.expand(b), self.project(x))
+            shortcut = self.project(x)
+            # The CPU kernels restore from the (h, w)-transposed layout (see expand_sampled);
+            # gather + lerp keeps the map's own layout (channels-last stays channels-last).
+            c = self.expand_sampled(b) if cpu_kernels(b, shortcut) else self.expand(b)
+            return grid.inverse_add_relu(c, shortcut)
         return F.relu_(self.expand(grid.inverse(b)) + self.project(x))
+
+    def expand_sampled(self, b):
+        """:meth:`expand` of the sampled map, returned in the ``(h, w)``-transposed memory
+        layout that the separable inverse starts from.
+
+        conv3 and the SE gate act per pixel, so they may run on the transposed map: the copy
+        that layout needs is then made of the ``f``-channel input, not of the ``4f`` output.
+        """
+        return self.expand(b.transpose(2, 3)).transpose(2, 3)
 
     def _conv3_recomputable(self) -> bool:
         # Recomputing a training-mode BatchNorm would update its running statistics twice.

@@ -169,7 +169,7 @@ def test_the_tail_of_mixed_dtypes_promotes():
 
 
 @pytest.mark.parametrize("inverse_position", ["after_conv3", "before_conv3"])
-@pytest.mark.parametrize("grad", [False, True])  # gather + lerp / CPU training kernels
+@pytest.mark.parametrize("grad", [False, True])  # CPU inference / training kernels
 def test_ssb_block_equals_its_definition_with_reference_sampling(inverse_position, grad):
     # The block as the docstring defines it, with the reference sampling of
     # tests/sampling_reference.py and its own convs: a projection block of a padded batch.

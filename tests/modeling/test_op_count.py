@@ -6,6 +6,7 @@ switched off: the same ops as on a GPU (gather + lerp resampling, the same grid 
 import torch
 
 import ssb_det.layers.grid as grid_module
+import ssb_det.modeling.blocks as blocks_module
 from ssb_det import ssb_resnet
 from ssb_det.analysis.op_count import OpCounter
 
@@ -29,7 +30,8 @@ def _step_ops(enabled: bool) -> int:
 
 
 def test_an_ssb_r50_training_step_launches_at_most_4x_the_ops_of_its_plain_twin(monkeypatch):
-    monkeypatch.setattr(grid_module, "cpu_kernels", lambda *tensors: False)
+    for module in (grid_module, blocks_module):
+        monkeypatch.setattr(module, "cpu_kernels", lambda *tensors: False)
     ssb, plain = _step_ops(True), _step_ops(False)
     assert ssb <= 4 * plain, (ssb, plain)
 
@@ -39,5 +41,6 @@ def test_a_channels_last_training_step_makes_no_more_ops_than_nchw(monkeypatch):
     # cost autograd full-size copies). Channels-last maps take the GPU path on the CPU too.
     narrow = dict(stem_out_channels=8, res2_out_channels=16, width_per_group=4)
     nhwc = _step(True, torch.channels_last, **narrow).ops
-    monkeypatch.setattr(grid_module, "cpu_kernels", lambda *tensors: False)
+    for module in (grid_module, blocks_module):
+        monkeypatch.setattr(module, "cpu_kernels", lambda *tensors: False)
     assert nhwc == _step(True, **narrow).ops
