@@ -298,7 +298,8 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Optional
     Returns:
         torch.jit.ScriptModule: the trace.
     """
-    # Inference, as Detectron2 traces.
+    # Inference, as Detectron2 traces; the grids' chunked CPU paths, which write into slices
+    # of an output (not recordable), are off while tracing.
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
     if path:

@@ -10,7 +10,8 @@ from typing import Optional, Tuple
 import torch
 
 from .lattice import Lattice, lattice
-from .resample import cpu_kernels, lerp_lines, separable_resample
+from .resample import (chunk_channels, chunked_cpu_inference, cpu_kernels, lerp_lines,
+                       separable_resample)
 from .tensor_ops import add_relu_, head, needs_grad
 
 __all__ = ["Grid", "SeparableGrid"]
@@ -58,11 +59,7 @@ class Grid(abc.ABC):
         """``(N, C, h, w) -> (N, C, H, W)``: puts sampled values back where they came from."""
 
     def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``relu(shortcut + inverse(y))``, the tail of an SSB block, in a new tensor
-        (neither input is written)."""
-        if shortcut.shape != (*y.shape[:2], *self.in_size):
-            raise ValueError(f"shortcut has shape {tuple(shortcut.shape)}, the restored map "
-                             f"{(*y.shape[:2], *self.in_size)}")
+        """``relu(shortcut + inverse(y))``, in a new tensor (neither input is written)."""
         return add_relu_(self.inverse(y), shortcut)
 
 
@@ -151,7 +148,7 @@ class SeparableGrid(Grid):
         return w if w is not None and w.dtype == dtype else self._frac.to(dtype)
 
     def _taps(self, row: int):
-        """CPU training kernels' ``(left, right, frac)`` of a row of the stacked positions."""
+        """CPU kernels' ``(left, right, frac)`` of a row of the stacked positions."""
         length = self._lengths()[row]
         return (head(self._index[:, 0, row], 1, length), head(self._index[:, 1, row], 1, length),
                 head(self._frac[:, row], 1, length))
@@ -169,14 +166,62 @@ class SeparableGrid(Grid):
             x = lerp_lines(x, head(self._index[:, :, row], 2, n), head(weights[row], 1, n), dim)
         return x
 
+    def _chunked(self, x: torch.Tensor, taps, out_size, rows_first: bool, out: torch.Tensor,
+                 write) -> torch.Tensor:
+        """CPU inference: resample ``x`` over channel chunks of ``CPU_CHUNK_BYTES`` of
+        full-size map, so a chunk's intermediates stay in cache; ``write(chunk, start, stop)``
+        puts each into ``out``."""
+        n, c = x.shape[:2]
+        step = chunk_channels(n, c, self.in_size, x.element_size())
+        bags = {}  # indices and weights of a chunk depend only on its number of channels
+        for start in range(0, c, step):
+            stop = min(start + step, c)
+            write(separable_resample(x[:, start:stop], *taps, out_size, rows_first=rows_first,
+                                     bag_cache=bags), start, stop)
+        return out
+
     def sample(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_kernels(x, self.knots):
-            return separable_resample(x, self._taps(0), self._taps(1), self.out_size,
-                                      rows_first=True)
-        return self._resample(x, 0, rows_first=True)
+        if not cpu_kernels(x, self.knots):
+            return self._resample(x, 0, rows_first=True)
+        taps = self._taps(0), self._taps(1)
+        if not chunked_cpu_inference(x, self.knots):
+            return separable_resample(x, *taps, self.out_size, rows_first=True)
+        out = x.new_empty((*x.shape[:2], *self.out_size))
+
+        def write(part, start, stop):
+            out[:, start:stop] = part
+
+        return self._chunked(x, taps, self.out_size, True, out, write)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        if cpu_kernels(y, self.knots):
-            return separable_resample(y, self._taps(2), self._taps(3), self.in_size,
-                                      rows_first=False)
-        return self._resample(y, 2, rows_first=False)
+        if not cpu_kernels(y, self.knots):
+            return self._resample(y, 2, rows_first=False)
+        return separable_resample(y, self._taps(2), self._taps(3), self.in_size, rows_first=False)
+
+    def inverse_add_relu(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``relu(shortcut + inverse(y))``: the tail of an SSB block, fused where it pays.
+
+        Same values as the unfused expression, in a new tensor (no input is written).
+        In CPU inference (no gradient needed) it runs over channel chunks, writing each sum
+        straight into the output: the restored map never exists at full size, and the
+        intermediates of a chunk stay in cache.
+
+        Args:
+            y (Tensor): ``(N, C, h, w)`` sampled map.
+            shortcut (Tensor): ``(N, C, H, W)``.
+        """
+        if shortcut.shape != (*y.shape[:2], *self.in_size):
+            raise ValueError(f"shortcut has shape {tuple(shortcut.shape)}, the restored map "
+                             f"{(*y.shape[:2], *self.in_size)}")
+        if not (cpu_kernels(y, shortcut, self.knots)
+                and chunked_cpu_inference(y, shortcut, self.knots)):
+            return add_relu_(self.inverse(y), shortcut)
+        out = torch.empty(shortcut.shape, device=y.device,
+                          dtype=torch.promote_types(y.dtype, shortcut.dtype))
+
+        def write(part, start, stop):
+            chunk = out[:, start:stop]
+            torch.add(part, shortcut[:, start:stop], out=chunk)
+            chunk.relu_()  # while the chunk is still in cache
+
+        return self._chunked(y, (self._taps(2), self._taps(3)), self.in_size, False, out, write)

@@ -1,15 +1,21 @@
-"""Resampling kernels of separable grids: two 1-D linear interpolations per map. One gather
-and one ``lerp`` per pass (:func:`lerp_lines`) on GPUs and in compiled graphs; the CPU has
-kernels of its own (:func:`separable_resample`: ``embedding_bag`` passes over contiguous
-lines; dense interpolation matrices for small maps in training)."""
-from typing import Tuple
+"""Resampling kernels of separable grids: two 1-D linear interpolations per map, written
+for the CPU (``embedding_bag`` passes over contiguous lines; dense interpolation matrices
+for small maps in training; channel chunks that stay in cache in inference)."""
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .tensor_ops import needs_grad, tracing_or_compiling
 
-__all__ = ["DENSE_MAX_SIZE", "interp_taps", "lerp_lines", "cpu_kernels", "separable_resample"]
+__all__ = ["CPU_CHUNK_BYTES", "DENSE_MAX_SIZE", "interp_taps", "lerp_lines", "cpu_kernels",
+           "separable_resample", "chunk_channels", "chunked_cpu_inference"]
+
+
+# Full-size bytes per channel chunk of the CPU inference paths of SeparableGrid.sample and
+# SeparableGrid.inverse_add_relu: a chunk's intermediates (~2.5x this) should stay in cache
+# (chosen by measurement, see docs/benchmarks.md).
+CPU_CHUNK_BYTES = 1 << 20
 
 
 def interp_taps(pos: torch.Tensor, size: int):
@@ -122,7 +128,7 @@ def lerp_lines(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: 
 
 
 def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int, int],
-                       rows_first: bool) -> torch.Tensor:
+                       rows_first: bool, bag_cache: Optional[dict] = None) -> torch.Tensor:
     """Resample ``x`` (``(N, C, H, W)``) to ``out_size`` with two 1-D linear interpolations.
 
     Each pass blends whole contiguous lines with ``embedding_bag``: rows of the map for the
@@ -138,6 +144,8 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
         rows_first (bool): interpolate rows (along H) first. Do first the pass that shrinks
             or keeps the tensor small: rows first when sampling, columns first when
             restoring.
+        bag_cache (dict or None): reuse the ``embedding_bag`` inputs across calls with the
+            same taps and channel count (callers resampling equal chunks pass one dict).
 
     Returns:
         Tensor: ``(N, C, h, w)``, contiguous.
@@ -149,29 +157,53 @@ def separable_resample(x: torch.Tensor, row_taps, col_taps, out_size: Tuple[int,
     training = not torch.jit.is_tracing() and needs_grad(x, row_taps[2], col_taps[2])
     if training and max(H, W) <= DENSE_MAX_SIZE:
         return _dense_resample(x, row_taps, col_taps)
+    cache = bag_cache if bag_cache is not None else {}
+
+    def bag(kind, taps, size, line_major):
+        key = (kind, c, size, line_major, x.dtype)
+        if key not in cache:
+            cache[key] = _bag_inputs(taps, c, size, x.dtype, line_major)
+        return cache[key]
+
     if rows_first:
         # rows: table (n, c, y) of W -> lines (n, y', c) -> transposed map (n, c, W, h)
-        out = _resample_rows(x.reshape(n * c * H, W), _bag_inputs(row_taps, c, H, x.dtype, True))
+        out = _resample_rows(x.reshape(n * c * H, W), bag("rows", row_taps, H, True))
         xt = _swap_last_two(out.view(n, h, c * W))  # (n, c * W, h) = (n, c, W, h)
         # columns: table (n, c, x) of h -> lines (n, x', c) -> (n, c, h, w)
-        out = _resample_rows(xt.reshape(n * c * W, h), _bag_inputs(col_taps, c, W, x.dtype, True))
+        out = _resample_rows(xt.reshape(n * c * W, h), bag("cols", col_taps, W, True))
         return _swap_last_two(out.view(n, w, c * h)).view(n, c, h, w)
     # columns first: table = the transposed map, rows (n, c, x) of H
     out = _resample_rows(x.transpose(2, 3).reshape(n * c * W, H),
-                         _bag_inputs(col_taps, c, W, x.dtype, True))
+                         bag("cols", col_taps, W, True))
     xr = _swap_last_two(out.view(n, w, c * H))  # (n, c * H, w) = (n, c, H, w)
     # rows: table (n, c, y) of w -> (n, c, h, w)
-    out = _resample_rows(xr.reshape(n * c * H, w), _bag_inputs(row_taps, c, H, x.dtype, False))
+    out = _resample_rows(xr.reshape(n * c * H, w), bag("rows", row_taps, H, False))
     return out.view(n, c, h, w)
 
 
 def cpu_kernels(*tensors) -> bool:
-    """Whether the CPU resampling kernels (:func:`separable_resample`: ``embedding_bag``
-    passes, dense matrices for small maps in training) run: eager or traced PyTorch on the
-    CPU, maps not channels-last (those kernels read NCHW lines; they would copy an NHWC map).
-    Elsewhere (GPUs, ``torch.compile``, ``torch.export``, channels-last maps) one gather and
-    one ``lerp`` per pass (:func:`lerp_lines`), which keeps the layout. On the CPU the
-    kernels pay, in inference and in training (see docs/benchmarks.md)."""
+    """Whether the CPU resampling kernels (``embedding_bag`` passes, dense matrices, channel
+    chunks) run: eager or traced PyTorch on the CPU, maps not channels-last (those kernels
+    read NCHW lines; they would copy an NHWC map). Elsewhere (GPUs, ``torch.compile``,
+    ``torch.export``, channels-last maps) one gather and one ``lerp`` per pass
+    (:func:`lerp_lines`), which keeps the layout."""
     return (all(t.device.type == "cpu" for t in tensors) and not torch.compiler.is_compiling()
             and not any(t.dim() == 4 and not t.is_contiguous()
                         and t.is_contiguous(memory_format=torch.channels_last) for t in tensors))
+
+
+def chunk_channels(n: int, c: int, size: Tuple[int, int], element_size: int) -> int:
+    """Channels per chunk of the chunked CPU paths: ``CPU_CHUNK_BYTES`` of a full-size
+    ``(n, ., H, W)`` map, at least one channel, at most ``c``."""
+    per_channel = max(n * size[0] * size[1] * element_size, 1)
+    return max(1, min(c, CPU_CHUNK_BYTES // per_channel))
+
+
+def chunked_cpu_inference(*tensors) -> bool:
+    """Whether the grids' chunked CPU paths may run on ``tensors``: on the CPU, no gradient
+    needed, not tracing or compiling. Tracers (TorchScript/ONNX export, fvcore) cannot record
+    the chunked writes into slices of a preallocated output, and autograd is spared them;
+    under ``torch.export`` / ``torch.compile`` the number of chunks would depend on the
+    (possibly symbolic) map size."""
+    return (all(t.device.type == "cpu" for t in tensors) and not needs_grad(*tensors)
+            and not tracing_or_compiling())

@@ -213,6 +213,23 @@ def test_uniform_sampler_has_no_parameters():
     assert sum(p.numel() for p in SaliencySampler(4, 0.5).parameters()) == 4
 
 
+def test_chunked_inference_sampling_equals_sampling_with_gradients(monkeypatch):
+    import ssb_det.layers.resample as sampling
+
+    # Three channels per chunk: the chunk loop runs, with a shorter last chunk.
+    monkeypatch.setattr(sampling, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 4)
+    torch.manual_seed(0)
+    sampler = SaliencySampler(8, 0.5, grid_size=7, padding=6, sigma=2.0)
+    torch.nn.init.normal_(sampler.saliency_conv.weight, std=1.0)
+    x = torch.randn(2, 8, 23, 30)
+    with torch.no_grad():
+        grid = sampler(x)
+        chunked = grid.sample(x)
+    whole = grid.sample(x.clone().requires_grad_())
+    assert chunked.shape == (2, 8, 12, 15)
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=0)
+
+
 def test_dense_training_resample_equals_embedding_bag_in_values_and_gradients(monkeypatch):
     import ssb_det.layers.resample as sampling
     from ssb_det.layers.resample import interp_taps as _interp_taps, separable_resample

@@ -14,7 +14,7 @@ from ssb_det.layers import SaliencySampler
     (0.3, (17, 41), [(17, 41), (5, 40)], 5, 4, 1.5),
     (1.0, (19, 26), [(19, 26), (11, 20)], 6, 3, 1.0),
 ])
-@pytest.mark.parametrize("grad", [False, True])  # CPU inference / training path
+@pytest.mark.parametrize("grad", [False, True])  # chunked inference path / training path
 def test_sample_and_restore_equal_the_reference(ratio, size, valid, g, padding, sigma, grad):
     gen = torch.Generator().manual_seed(0)
     c = 6

@@ -139,7 +139,11 @@ def _nonuniform_grid(n=2, size=(23, 30), ratio=0.5, seed=0, valid=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_tail_equals_the_reference_and_writes_no_input(dtype):
+def test_fused_tail_over_many_chunks_equals_the_reference(monkeypatch, dtype):
+    import ssb_det.layers.resample as resample
+
+    # A few channels per chunk: the chunk loop, not one whole-map call, is what runs.
+    monkeypatch.setattr(resample, "CPU_CHUNK_BYTES", 3 * 2 * 23 * 30 * 8)
     grid, lines = _nonuniform_grid(valid=[(23, 30), (17, 26)])
     gen = torch.Generator().manual_seed(1)
     y = torch.randn(2, 16, 12, 15, generator=gen, dtype=torch.float64)
@@ -156,7 +160,7 @@ def test_the_tail_equals_the_reference_and_writes_no_input(dtype):
     assert torch.equal(given, before[0]) and torch.equal(y_given, before[1])
 
 
-def test_the_tail_of_mixed_dtypes_promotes():
+def test_fused_tail_of_mixed_dtypes_promotes():
     grid, lines = _nonuniform_grid()
     y = torch.randn(2, 4, 12, 15, dtype=torch.float64)
     shortcut = torch.randn(2, 4, 23, 30)
@@ -169,7 +173,7 @@ def test_the_tail_of_mixed_dtypes_promotes():
 
 
 @pytest.mark.parametrize("inverse_position", ["after_conv3", "before_conv3"])
-@pytest.mark.parametrize("grad", [False, True])  # CPU inference / training kernels
+@pytest.mark.parametrize("grad", [False, True])  # fused chunked tail / unfused training path
 def test_ssb_block_equals_its_definition_with_reference_sampling(inverse_position, grad):
     # The block as the docstring defines it, with the reference sampling of
     # tests/sampling_reference.py and its own convs: a projection block of a padded batch.
