@@ -395,3 +395,23 @@ def test_unknown_resnets_key_is_refused_naming_it():
     cfg.MODEL.RESNETS.RES3_DILATION = 2
     with pytest.raises(ValueError, match="MODEL.RESNETS.RES3_DILATION: not a key the SSB"):
         build_backbone(cfg)
+
+
+def test_recasens_operators_are_buffers_no_forward_rebuilds():
+    # Constants of the samplers' settings: non-persistent buffers (no checkpoint key) that
+    # move with the model, so a forward builds none (the Gaussian kernel's exp never runs),
+    # even where nothing is cached (a fake tensor mode, as in tracing and compiling).
+    from ssb_det import ssb_resnet
+    from ssb_det.analysis.op_count import OpCounter, fake_device_call
+
+    model = ssb_resnet(norm="FrozenBN", stem_out_channels=8, res2_out_channels=16,
+                       width_per_group=4).eval()
+    buffers = {n for n, _ in model.named_buffers() if "recasens" in n}
+    assert buffers and not any("recasens" in k for k in model.state_dict())
+    whole, stage = OpCounter(), OpCounter()
+    with torch.no_grad():
+        fake_device_call(model, torch.randn(1, 3, 64, 96), counter=whole)
+        # a stage run alone (no backbone memo) builds its own
+        fake_device_call(model.res2, torch.randn(1, 8, 16, 24), counter=stage)
+    assert whole.ops["exp"] == 0 and whole.ops["bmm"] > 0
+    assert stage.ops["exp"] == 1
