@@ -106,21 +106,38 @@ def padded_batch(size, valid, generator, dtype=torch.float32):
     return x
 
 
+def assert_trace_equals_eager(eager, traced, rtol):
+    """A float64 trace of a backbone made at 64x96 against eager: the example's size with
+    other content (a trace is not a replay), other sizes, and a padded batch, whose image
+    regions both infer from the padding at run time."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for size in ((64, 96),) + OTHER_SIZES:
+            x = torch.randn(2, 3, *size, dtype=torch.float64, generator=gen)
+            assert_close_relative(eager(x), traced(x), rtol=rtol)
+        x = padded_batch((96, 128), (70, 100), gen, torch.float64)
+        assert_close_relative(eager(x), traced(x), rtol=rtol)
+
+
+def assert_onnx_equals_eager(eager, path):
+    """An ONNX backbone exported at 64x96, run in onnxruntime, against eager at that size,
+    other sizes and a padded image; float32 (onnxruntime has no float64 Conv): ~1e-6
+    relative."""
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(1, 3, *size, generator=gen) for size in ((64, 96),) + OTHER_SIZES]
+    inputs.append(padded_batch((96, 128), (70, 100), gen)[1:])
+    with torch.no_grad():
+        for x in inputs:
+            assert_close_relative(eager(x), run_onnx(path, x), rtol=1e-5)
+
+
 def test_torchscript_backbone_equals_eager_at_any_size(tmp_path):
     wrapper = BackboneExport(float64_peaked(narrow_backbone())).eval()
     example = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     path = str(tmp_path / "backbone.pt")
     export_torchscript(wrapper, example, path)
     loaded = torch.jit.load(path)  # the file we just wrote
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        # The example's size with other content (the trace is not a replay), then others.
-        for size in ((64, 96),) + OTHER_SIZES:
-            x = torch.randn(2, 3, *size, dtype=torch.float64, generator=gen)
-            assert_close_relative(wrapper(x), loaded(x), rtol=F64_RTOL)
-        # Each image's region is inferred from the padding at run time, as in eager.
-        x = padded_batch((96, 128), (70, 100), gen, torch.float64)
-        assert_close_relative(wrapper(x), loaded(x), rtol=F64_RTOL)
+    assert_trace_equals_eager(wrapper, loaded, F64_RTOL)
 
 
 @pytest.mark.slow
@@ -130,12 +147,7 @@ def test_onnx_backbone_equals_eager_at_any_size_in_onnxruntime(backbone, tmp_pat
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     assert [o.name for o in graph.graph.output] == backbone.output_names
-    gen = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(1, 3, *size, generator=gen) for size in ((64, 96),) + OTHER_SIZES]
-    inputs.append(padded_batch((96, 128), (70, 100), gen)[1:])
-    with torch.no_grad():
-        for x in inputs:  # float32 (onnxruntime has no float64 Conv): ~1e-6 relative
-            assert_close_relative(backbone(x), run_onnx(path, x), rtol=1e-5)
+    assert_onnx_equals_eager(backbone, path)
 
 
 class _Blocks(nn.Module):
@@ -597,14 +609,8 @@ def test_bot_trace_equals_eager_at_any_size_and_padding(ssb_bot_backbone, enable
                                             width_per_group=4).double().eval()).eval()
     rtol = BOT_F64_RTOL if enabled else F64_RTOL  # the twin samples nothing
     traced = export_torchscript(wrapper, torch.randn(2, 3, 64, 96, dtype=torch.float64))
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for size in ((64, 96),) + OTHER_SIZES:
-            x = torch.randn(2, 3, *size, dtype=torch.float64, generator=gen)
-            assert_close_relative(wrapper(x), traced(x), rtol=rtol)
-        # The attention's key mask follows each image's region, inferred at run time.
-        x = padded_batch((96, 128), (70, 100), gen, torch.float64)
-        assert_close_relative(wrapper(x), traced(x), rtol=rtol)
+    # with the padded batch: the attention's key mask follows each image's region
+    assert_trace_equals_eager(wrapper, traced, rtol)
 
 
 @pytest.mark.slow
@@ -626,9 +632,4 @@ def test_ssb_bot_onnx_equals_eager_at_any_size_in_onnxruntime(tmp_path):
     wrapper = BackboneExport(narrow_backbone(host="botnet")).eval()
     path = export_onnx(wrapper, torch.randn(1, 3, 64, 96), str(tmp_path / "bot.onnx"), opset=17)
     onnx.checker.check_model(onnx.load(path))
-    gen = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(1, 3, *size, generator=gen) for size in ((64, 96),) + OTHER_SIZES]
-    inputs.append(padded_batch((96, 128), (70, 100), gen)[1:])
-    with torch.no_grad():
-        for x in inputs:  # float32 (onnxruntime has no float64 Conv): ~1e-6 relative
-            assert_close_relative(wrapper(x), run_onnx(path, x), rtol=1e-5)
+    assert_onnx_equals_eager(wrapper, path)
