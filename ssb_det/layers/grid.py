@@ -25,11 +25,14 @@ class Grid(abc.ABC):
 
     Positions are pixel coordinates (pixel ``i`` at ``i``) per image: ``(rows, cols)`` of
     shapes ``(N, h)`` and ``(N, w)`` for the sampling, ``(N, H)`` and ``(N, W)`` for the
-    inverse.
+    inverse. ``valid_in`` and ``valid_out`` are ``(N, 2)`` rows and columns of each image's
+    region of the full and of the sampled map (the whole maps where no region was given).
     """
 
     in_size: Tuple[int, int]
     out_size: Tuple[int, int]
+    valid_in: torch.Tensor
+    valid_out: torch.Tensor
 
     @property
     @abc.abstractmethod

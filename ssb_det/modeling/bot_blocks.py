@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 from fvcore.nn import weight_init
 
-from ..layers import DropPath, RelPosSelfAttention2d, SaliencySampler, sampled_size
+from ..layers import DropPath, RelPosSelfAttention2d, SaliencySampler
 from ..layers.attention import key_mask
 
 __all__ = ["BoTBlock", "SSBBoTBlock", "learned_ssb_bot_blocks"]
@@ -91,13 +91,6 @@ class BoTBlock(CNNBlockBase):
         return F.relu_(self.expand(b) + self.project(x))
 
 
-def sampled_region(valid_size: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``(N, 2)`` rows and columns of a sampled map that cover each image's region: the
-    first ``round(r v)`` lines (the sampler's contract, see ``ssb_det.layers.sampling_maps``).
-    A ``v`` beyond the map (the sampler clamps it) only gives a bound beyond the sampled map."""
-    return sampled_size(valid_size.round().clamp(min=1.0), ratio)
-
-
 class SSBBoTBlock(BoTBlock):
     """SSB-BoT block: the attention runs on a saliency-sampled map.
 
@@ -135,9 +128,9 @@ class SSBBoTBlock(BoTBlock):
     def forward(self, x, valid_size: Optional[torch.Tensor] = None):
         a = F.relu_(self.conv1(x))
         grid = self.sampler(a, valid_size)
-        regions = None
-        if valid_size is not None:
-            regions = sampled_region(valid_size, self.sampler.ratio)
+        # each image's region of the sampled map, as the grid made it (its first round(r v)
+        # rows and columns)
+        regions = None if valid_size is None else grid.valid_out
         b = F.relu_(self.attn_norm(self.attn(grid.sample(a), regions)))
         out = self.expand(b)
         if self.stride > 1:  # sampled to the output size: nothing to restore
