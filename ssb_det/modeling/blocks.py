@@ -172,6 +172,8 @@ class SSBBottleneckBlock(RSBottleneckBlock):
             return self._forward_recomputing(a, grid, x)
         b = self.conv3x3(grid.sample(a))
         if self.inverse_position == "after_conv3":
+            # The restore, the residual add and the ReLU in one call: at full size these are
+            # memory passes, and the fused form makes fewer (see inverse_add_relu).
             shortcut = self.project(x)
             # The CPU kernels restore from the (h, w)-transposed layout (see expand_sampled);
             # gather + lerp keeps the map's own layout (channels-last stays channels-last).
