@@ -118,17 +118,17 @@ class SampledStage(nn.Sequential):
                 :class:`~ssb_det.layers.lattice.Regions`).
         """
         stride = self.in_stride
-        # one per stride: its blocks share its lattices (see Regions)
+        # one per stride: the region sizes, and the lattices its SSB blocks share (Regions)
         regions, regions_stride = None, None
         for block in self:
             # ``stride``: of the block's input (an SSB block keeps it; a BoT block may halve it)
+            if isinstance(block, (SSBBottleneckBlock, BoTBlock)) and regions_stride != stride:
+                sizes = None if image_sizes is None else region_sizes(image_sizes, stride)
+                regions, regions_stride = Regions(sizes, shared), stride
             if isinstance(block, SSBBottleneckBlock):
-                if regions_stride != stride:
-                    sizes = None if image_sizes is None else region_sizes(image_sizes, stride)
-                    regions, regions_stride = Regions(sizes, shared), stride
                 x = block(x, regions)
             elif isinstance(block, BoTBlock):
-                x = block(x, None if image_sizes is None else region_sizes(image_sizes, stride))
+                x = block(x, regions.sizes)
             else:
                 x = block(x)
             stride *= block.stride
