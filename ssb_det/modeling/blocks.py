@@ -15,8 +15,8 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import DropPath, SaliencySampler, SqueezeExcitation, add_relu_, needs_grad
 from ..layers.resample import cpu_kernels
 
-__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "learned_ssb_blocks",
-           "ssb_blocks"]
+__all__ = ["RSBottleneckBlock", "SSBBottleneckBlock", "INVERSE_POSITIONS", "blocks_by_stage",
+           "learned_ssb_blocks", "ssb_blocks"]
 
 # Where an SSB block restores the full size (see SSBBottleneckBlock).
 INVERSE_POSITIONS = ("after_conv3", "before_conv3")
@@ -211,12 +211,18 @@ class SSBBottleneckBlock(RSBottleneckBlock):
         return add_relu_(out, self.project(x))
 
 
-def ssb_blocks(model: torch.nn.Module):
-    """``{name: block}`` of every SSB block of ``model``, named by stage and index whatever
-    the model around the backbone (a detector's ``backbone.bottom_up.``, a classifier's
-    ``backbone.``, a ``DistributedDataParallel`` wrapper), e.g. ``"res3.1"``."""
+def blocks_by_stage(model: torch.nn.Module, types) -> dict:
+    """``{name: block}`` of the blocks of ``model`` that are instances of ``types``, named by
+    stage and index whatever the model around the backbone (a detector's
+    ``backbone.bottom_up.``, a classifier's ``backbone.``, a ``DistributedDataParallel``
+    wrapper), e.g. ``"res3.1"``."""
     return {".".join(name.split(".")[-2:]): m for name, m in model.named_modules()
-            if isinstance(m, SSBBottleneckBlock)}
+            if isinstance(m, types)}
+
+
+def ssb_blocks(model: torch.nn.Module):
+    """:func:`blocks_by_stage` of every SSB block of ``model``."""
+    return blocks_by_stage(model, SSBBottleneckBlock)
 
 
 def learned_ssb_blocks(model: torch.nn.Module):

@@ -14,6 +14,7 @@ from fvcore.nn import weight_init
 
 from ..layers import DropPath, RelPosSelfAttention2d, SaliencySampler
 from ..layers.attention import key_mask
+from .blocks import blocks_by_stage
 
 __all__ = ["BoTBlock", "SSBBoTBlock", "learned_ssb_bot_blocks"]
 
@@ -139,7 +140,7 @@ class SSBBoTBlock(BoTBlock):
 
 
 def learned_ssb_bot_blocks(model: torch.nn.Module):
-    """``{name: block}`` of the SSB-BoT blocks of ``model`` with a learned saliency, named by
-    stage and index (``"res5.1"``) as :func:`~ssb_det.modeling.blocks.ssb_blocks` names."""
-    return {".".join(name.split(".")[-2:]): m for name, m in model.named_modules()
-            if isinstance(m, SSBBoTBlock) and not m.sampler.uniform}
+    """The SSB-BoT blocks of ``model`` with a learned saliency, named as
+    :func:`~ssb_det.modeling.blocks.blocks_by_stage` names them (``"res5.1"``)."""
+    return {name: m for name, m in blocks_by_stage(model, SSBBoTBlock).items()
+            if not m.sampler.uniform}
